@@ -1,0 +1,226 @@
+"""The shared vocabulary: what a chat message, a reading and a status are.
+
+Everything in the agent imports this module; it imports nothing of the agent, so any
+part can be read, tested and reused on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+MODEL_ID = "cardiffnlp/twitter-roberta-base-emotion-multilabel-latest"
+
+# The model's output order (config.id2label of the CardiffNLP model). Data always keeps all
+# eleven, in this order; which ones a preview or chart shows is a setting.
+LABELS: tuple[str, ...] = (
+    "anger",
+    "anticipation",
+    "disgust",
+    "fear",
+    "joy",
+    "love",
+    "optimism",
+    "pessimism",
+    "sadness",
+    "surprise",
+    "trust",
+)
+
+# The original prototype showed these six and hid the rest as redundant.
+DEFAULT_DISPLAYED: tuple[str, ...] = ("anger", "fear", "joy", "optimism", "sadness", "surprise")
+
+PLATFORMS: tuple[str, ...] = ("twitch", "youtube", "kick", "tiktok", "trovo", "facebook", "other")
+
+# Channel and session names end up in file paths and S3 keys: lower-case letters, digits,
+# '_' and '-' only, so no path trick and no CSV quoting is ever needed.
+_NAME_RE = re.compile(r"^[a-z0-9_][a-z0-9_-]{0,99}$")
+
+
+def validate_name(value: str, what: str = "channel") -> str:
+    """Return the canonical (lower-case) form of a channel/platform/session name or raise."""
+    canonical = value.strip().lstrip("#").lower()
+    if not _NAME_RE.match(canonical):
+        raise ValueError(
+            f"{what} {value!r} is not valid: use 1-100 letters, digits, '_' or '-' "
+            f"(for example 'xqcow')"
+        )
+    return canonical
+
+
+def content_message_id(platform: str, channel: str, author: str, sent_at: float, text: str) -> str:
+    """A stable id for messages whose platform gives none: the same message hashes the same."""
+    digest = hashlib.sha256(
+        f"{platform}\x1f{channel}\x1f{author}\x1f{sent_at:.3f}\x1f{text}".encode(
+            "utf-8", "surrogatepass"
+        )
+    ).hexdigest()
+    return "h:" + digest[:32]
+
+
+def author_hash(author: str) -> str:
+    """Authors are kept as a short hash where a platform id is not needed verbatim."""
+    return "a:" + hashlib.sha256(author.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One chat message as any source delivers it.
+
+    `message_id` is the platform's own id where it has one, else `content_message_id(...)`;
+    it is the dedup key. Times are UNIX seconds (UTC).
+    """
+
+    platform: str
+    channel: str
+    message_id: str
+    author: str
+    text: str
+    sent_at: float
+    received_at: float
+    action: bool = False
+
+
+def format_timestamp(unix_seconds: float) -> str:
+    """UTC `YYYY-MM-DD HH:MM:SS.fff`, the form Athena's TIMESTAMP parses."""
+    moment = datetime.fromtimestamp(unix_seconds, tz=UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
+
+
+def parse_timestamp(text: str) -> float:
+    """Inverse of `format_timestamp`."""
+    moment = datetime.strptime(text, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def utc_date(unix_seconds: float) -> str:
+    return datetime.fromtimestamp(unix_seconds, tz=UTC).strftime("%Y-%m-%d")
+
+
+# One CSV row per reading, in this column order. Athena reads columns by position.
+READING_COLUMNS: tuple[str, ...] = (
+    "session_id",
+    "platform",
+    "channel",
+    "batch_id",
+    "seq",
+    "window_start",
+    "window_end",
+    "message_count",
+    "scored_count",
+    *LABELS,
+    "dominant",
+    "model_id",
+    "agent_version",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One window of chat turned into one row: the mean probability of each label."""
+
+    session_id: str
+    platform: str
+    channel: str
+    batch_id: str
+    seq: int
+    window_start: float
+    window_end: float
+    message_count: int
+    scored_count: int
+    scores: tuple[float, ...]  # len(LABELS), in LABELS order
+    dominant: str
+    model_id: str
+    agent_version: str
+
+    def as_row(self) -> list[str]:
+        """The CSV row, in READING_COLUMNS order (no field ever needs quoting)."""
+        return [
+            self.session_id,
+            self.platform,
+            self.channel,
+            self.batch_id,
+            str(self.seq),
+            format_timestamp(self.window_start),
+            format_timestamp(self.window_end),
+            str(self.message_count),
+            str(self.scored_count),
+            *(f"{s:.6f}" for s in self.scores),
+            self.dominant,
+            self.model_id,
+            self.agent_version,
+        ]
+
+    @classmethod
+    def from_row(cls, row: list[str]) -> Reading:
+        if len(row) != len(READING_COLUMNS):
+            raise ValueError(f"expected {len(READING_COLUMNS)} fields, got {len(row)}")
+        n = len(LABELS)
+        return cls(
+            session_id=row[0],
+            platform=row[1],
+            channel=row[2],
+            batch_id=row[3],
+            seq=int(row[4]),
+            window_start=parse_timestamp(row[5]),
+            window_end=parse_timestamp(row[6]),
+            message_count=int(row[7]),
+            scored_count=int(row[8]),
+            scores=tuple(float(x) for x in row[9 : 9 + n]),
+            dominant=row[9 + n],
+            model_id=row[10 + n],
+            agent_version=row[11 + n],
+        )
+
+
+def dominant_label(scores: tuple[float, ...] | list[float], displayed: tuple[str, ...]) -> str:
+    """The displayed label with the highest mean score (ties: the earlier label wins)."""
+    best = max(displayed, key=lambda label: (scores[LABELS.index(label)], -LABELS.index(label)))
+    return best
+
+
+class SourceState(StrEnum):
+    STOPPED = "stopped"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    FAILED = "failed"
+    FINISHED = "finished"  # a replay that reached its end
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """What a source says about its link, for the tray and the log."""
+
+    state: SourceState
+    detail: str = ""  # e.g. "reconnecting in 4.2 s", "login refused: ..."
+    retry_in: float | None = None
+
+
+class AgentState(StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    TROUBLE = "trouble"  # running, but something needs the streamer's attention
+    STOPPING = "stopping"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    """A snapshot the tray and `captaflow status` show; cheap to make, safe to share."""
+
+    state: AgentState = AgentState.STOPPED
+    source: SourceStatus = field(default_factory=lambda: SourceStatus(SourceState.STOPPED))
+    session_id: str | None = None
+    channel: str | None = None
+    messages_per_second: float = 0.0
+    messages_total: int = 0
+    duplicates_total: int = 0
+    readings_total: int = 0
+    parts_waiting: int = 0
+    upload_state: str = ""  # "idle", "uploading 3 parts", "offline: ...", "failing: ..."
+    dominant: str | None = None
+    problem: str | None = None  # one line, what to do
