@@ -1,0 +1,255 @@
+"""The journal: dedup across resends and restarts, batches, crash resume, pruning, corruption."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.journal import Journal, JournalError, PendingBatch
+from agent.vocab import ChatMessage, validate_name
+
+T0 = 1_764_085_882.0  # 2025-11-25 15:51:22 UTC
+
+
+def msg(i: int, *, author: str = "viewer", at: float | None = None, text: str = "") -> ChatMessage:
+    sent = T0 + i if at is None else at
+    return ChatMessage(
+        platform="twitch",
+        channel="xqcow",
+        message_id=f"id-{i}",
+        author=author,
+        text=text or f"message {i}",
+        sent_at=sent,
+        received_at=sent + 0.2,
+    )
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "journal.sqlite3"
+
+
+def test_session_ids_are_names_and_unique(path: Path) -> None:
+    with Journal.open(path) as journal:
+        first, resumed = journal.begin_session("twitch", "XQCOW", now=T0)
+        assert (first, resumed) == ("20251125t155122z-xqcow", False)
+        assert validate_name(first, "session") == first
+        journal.end_session(first, now=T0 + 1)
+        second, resumed = journal.begin_session("twitch", "xqcow", now=T0)
+        assert second == "20251125t155122z-xqcow-2" and not resumed
+        assert [s.session_id for s in journal.sessions()] == [first, second]
+
+
+def test_duplicates_within_a_session_and_after_reconnect_resend(path: Path) -> None:
+    with Journal.open(path) as journal:
+        session, _ = journal.begin_session("twitch", "xqcow", now=T0)
+        assert [journal.add(msg(i), session_id=session, scorable=True) for i in range(5)] == [
+            True
+        ] * 5
+        # A reconnect: the server resends the last three before new ones.
+        again = [journal.add(msg(i), session_id=session, scorable=True) for i in range(2, 8)]
+        assert again == [False, False, False, True, True, True]
+        journal.flush()
+        stats = journal.stats()
+        assert (stats.messages, stats.duplicates) == (8, 3)
+        assert stats.bytes > 0
+
+
+def test_restart_on_the_same_file_counts_nothing_twice(path: Path) -> None:
+    journal = Journal.open(path)
+    session, _ = journal.begin_session("twitch", "xqcow", now=T0)
+    for i in range(100):
+        journal.add(msg(i), session_id=session, scorable=i % 10 != 0)
+    journal.close()
+
+    journal = Journal.open(path)
+    resumed_session, resumed = journal.begin_session("twitch", "xqcow", now=T0 + 200)
+    assert (resumed_session, resumed) == (session, True)
+    # Even under a brand-new session (another day), a known key stays a duplicate.
+    other, _ = journal.begin_session("twitch", "other", now=T0 + 200)
+    assert not any(journal.add(msg(i), session_id=other, scorable=True) for i in range(100))
+    assert journal.stats().duplicates == 100
+    entries = list(journal.messages(session))
+    assert [e.key for e in entries] == [f"id-{i}" for i in range(100)]
+    assert sum(not e.scorable for e in entries) == 10
+    assert list(journal.messages(other)) == []
+    journal.close()
+
+
+def test_unflushed_adds_are_lost_on_kill_but_flushed_ones_are_not(path: Path) -> None:
+    journal = Journal.open(path)
+    session, _ = journal.begin_session("twitch", "xqcow", now=T0)
+    for i in range(10):
+        journal.add(msg(i), session_id=session, scorable=True)
+    journal.flush()
+    for i in range(10, 15):
+        journal.add(msg(i), session_id=session, scorable=True)
+    # kill -9: the connection goes away without a commit.
+    journal._conn.close()
+    with Journal.open(path) as reopened:
+        assert [e.key for e in reopened.unassigned(session)] == [f"id-{i}" for i in range(10)]
+
+
+def test_assign_pending_confirm_cycle(path: Path) -> None:
+    with Journal.open(path) as journal:
+        session, _ = journal.begin_session("twitch", "xqcow", now=T0)
+        for i in range(6):
+            journal.add(msg(i), session_id=session, scorable=i != 3)
+        unassigned = journal.unassigned(session)
+        assert [e.key for e in unassigned] == [f"id-{i}" for i in range(6)]
+        assert [e.scorable for e in unassigned] == [True, True, True, False, True, True]
+        assert journal.next_seq(session) == 0
+
+        journal.assign(session, "b0", 0, ["id-0", "id-1", "id-2"])
+        journal.assign(session, "b1", 1, ["id-3", "id-4"])
+        assert [e.key for e in journal.unassigned(session)] == ["id-5"]
+        assert journal.next_seq(session) == 2
+        assert journal.pending_batches(session) == [
+            PendingBatch("b0", 0, ("id-0", "id-1", "id-2")),
+            PendingBatch("b1", 1, ("id-3", "id-4")),
+        ]
+        journal.confirm(["b0"])
+        assert journal.pending_batches(session) == [PendingBatch("b1", 1, ("id-3", "id-4"))]
+        # Assigning a key twice never moves it to a second batch.
+        journal.assign(session, "b2", 2, ["id-4", "id-5"])
+        assert journal.pending_batches(session)[-1] == PendingBatch("b2", 2, ("id-5",))
+        assert journal.unassigned(session) == []
+
+
+def test_resume_only_a_recent_crashed_session(path: Path) -> None:
+    journal = Journal.open(path)
+    crashed, _ = journal.begin_session("twitch", "xqcow", now=T0)
+    journal.add(msg(0, at=T0 + 5 * 3600), session_id=crashed, scorable=True)
+    journal.assign(crashed, "b0", 0, ["id-0"])
+    journal._conn.close()  # crash: never ended
+
+    journal = Journal.open(path)
+    # Last activity was at T0 + 5 h; 6 h later still counts as the same stream.
+    again, resumed = journal.begin_session("twitch", "xqcow", now=T0 + 10 * 3600)
+    assert (again, resumed) == (crashed, True)
+    assert journal.pending_batches(crashed) == [PendingBatch("b0", 0, ("id-0",))]
+    assert journal.next_seq(crashed) == 1
+    journal._conn.close()
+
+    journal = Journal.open(path)
+    # A day later it is a new stream; the old one gets closed at its last activity.
+    fresh, resumed = journal.begin_session("twitch", "xqcow", now=T0 + 40 * 3600)
+    assert fresh != crashed and not resumed
+    info = {s.session_id: s for s in journal.sessions()}
+    assert info[crashed].ended_at == pytest.approx(T0 + 5 * 3600 + 0.2)
+    assert info[fresh].ended_at is None
+    # An ended session is never resumed.
+    journal.end_session(fresh, now=T0 + 40 * 3600 + 1)
+    newest, resumed = journal.begin_session("twitch", "xqcow", now=T0 + 40 * 3600 + 2)
+    assert newest not in (fresh, crashed) and not resumed
+    journal.close()
+
+
+def test_prune_by_age_spares_unwritten_messages(path: Path) -> None:
+    day = 86400.0
+    with Journal.open(path, retention_days=30) as journal:
+        session, _ = journal.begin_session("twitch", "xqcow", now=T0)
+        for i in range(8):
+            journal.add(msg(i), session_id=session, scorable=True)
+        journal.assign(session, "written", 0, ["id-0", "id-1", "id-2"])
+        journal.assign(session, "pending", 1, ["id-3", "id-4"])
+        journal.confirm(["written"])
+        # 5..7 stay unassigned.
+        assert journal.prune(T0 + 10 * day) == 0
+        assert journal.prune(T0 + 31 * day) == 3
+        keys = [e.key for e in journal.messages(session)]
+        assert keys == ["id-3", "id-4", "id-5", "id-6", "id-7"]
+        assert journal.pending_batches(session) == [PendingBatch("pending", 1, ("id-3", "id-4"))]
+        # A pruned key may come back (it is older than the retention), a kept one may not.
+        assert journal.add(msg(0), session_id=session, scorable=True)
+        assert not journal.add(msg(3), session_id=session, scorable=True)
+
+
+def test_prune_by_size_removes_oldest_written_first(path: Path) -> None:
+    with Journal.open(path, retention_days=365, max_bytes=1 << 40) as journal:
+        session, _ = journal.begin_session("twitch", "xqcow", now=T0)
+        big = "x" * 2000
+        for i in range(400):
+            journal.add(msg(i, text=f"{i} {big}"), session_id=session, scorable=True)
+        journal.assign(session, "old", 0, [f"id-{i}" for i in range(300)])
+        journal.confirm(["old"])
+        journal.assign(session, "open", 1, [f"id-{i}" for i in range(300, 350)])
+        journal.max_bytes = 400 * 1024  # room for about 200 rows
+        deleted = journal.prune(T0)
+        assert 150 <= deleted <= 300
+        keys = [e.key for e in journal.messages(session)]
+        # Oldest first, and nothing owed a reading is touched.
+        assert keys[0] == f"id-{deleted}"
+        assert keys[-100:] == [f"id-{i}" for i in range(300, 400)]
+        # A bound that cannot be met by pruning written rows stops without touching the rest.
+        journal.max_bytes = 1024
+        journal.prune(T0)
+        assert [e.key for e in journal.messages(session)] == [f"id-{i}" for i in range(300, 400)]
+
+
+@dataclass
+class Moderation:  # the attributes agent.sources.irc.ModerationEvent carries
+    kind: str
+    channel: str
+    target_message_id: str | None
+    target_login: str | None
+    at: float
+    platform: str = "twitch"
+
+
+def test_deleted_keys_from_clearmsg_and_clearchat(path: Path) -> None:
+    with Journal.open(path) as journal:
+        session, _ = journal.begin_session("twitch", "xqcow", now=T0)
+        journal.add(msg(0, author="alice"), session_id=session, scorable=True)
+        journal.add(msg(1, author="Spammer"), session_id=session, scorable=True)
+        journal.add(msg(2, author="bob"), session_id=session, scorable=True)
+        journal.add(msg(9, author="spammer"), session_id=session, scorable=True)
+        journal.record_moderation(Moderation("clearmsg", "#xqcow", "id-2", None, T0 + 3))
+        journal.record_moderation(Moderation("clearchat", "#xqcow", None, "spammer", T0 + 5))
+        # Another channel's ban does not touch this one.
+        journal.record_moderation(Moderation("clearchat", "other", None, "alice", T0 + 5))
+        assert journal.deleted_keys(session) == {"id-1", "id-2"}
+        assert journal.sample_texts(session, T0, T0 + 100, 5) == ["message 0", "message 9"]
+
+
+def test_sample_texts_spreads_and_skips_repeats_and_unscorable(path: Path) -> None:
+    with Journal.open(path) as journal:
+        session, _ = journal.begin_session("twitch", "xqcow", now=T0)
+        for i in range(40):
+            journal.add(msg(i, text=f"t{i}"), session_id=session, scorable=i % 2 == 0)
+        journal.add(msg(100, at=T0 + 1.5, text="t0"), session_id=session, scorable=True)
+        assert journal.sample_texts(session, T0, T0 + 40, 4) == ["t0", "t10", "t20", "t30"]
+        assert journal.sample_texts(session, T0 + 10, T0 + 14, 9) == ["t10", "t12"]
+        assert journal.sample_texts(session, T0, T0 + 40, 0) == []
+
+
+def test_corrupt_file_is_set_aside_and_a_new_journal_started(path: Path) -> None:
+    path.write_bytes(b"this is not a database, it is what a crashed disk left" * 100)
+    with Journal.open(path) as journal:
+        session, _ = journal.begin_session("twitch", "xqcow", now=T0)
+        assert journal.add(msg(0), session_id=session, scorable=True)
+    aside = [p for p in path.parent.iterdir() if ".corrupt-" in p.name]
+    assert len(aside) == 1
+    assert aside[0].read_bytes().startswith(b"this is not a database")
+    with Journal.open(path) as journal:
+        assert journal.stats().messages == 1
+
+
+def test_a_newer_schema_is_refused_with_a_clear_message(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version=99")
+    conn.close()
+    with pytest.raises(JournalError, match="newer CaptaFlow"):
+        Journal.open(path)
+    assert path.exists()
+
+
+def test_wal_mode_and_schema_version(path: Path) -> None:
+    Journal.open(path).close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.close()
