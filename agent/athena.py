@@ -1,0 +1,177 @@
+"""The Athena table over the readings that the sync puts in S3 (`captaflow athena-ddl`).
+
+Objects live at ``{prefix}/platform={p}/channel={c}/dt={YYYY-MM-DD}/{session}-{part}.csv``,
+one header line then one reading per row in `READING_COLUMNS` order, no quoting. Athena's
+default CSV reader (LazySimpleSerDe) maps columns by position and parses the timestamps,
+which the agent writes as java.sql.Timestamp text (``yyyy-MM-dd HH:mm:ss.SSS``, UTC).
+
+Partitions are projected, not crawled: ``platform`` and ``channel`` are ``injected`` (a query
+names them, e.g. ``WHERE platform = 'twitch' AND channel = 'xqcow'``) and ``dt`` is a date
+range from 2024-01-01 to today, so new days and channels need no ``MSCK REPAIR`` or crawler.
+"""
+
+from __future__ import annotations
+
+import re
+
+from agent.errors import SettingsError
+from agent.vocab import DEFAULT_DISPLAYED, LABELS, READING_COLUMNS
+
+# The text form of window_start/window_end (agent.vocab.format_timestamp), in Java's
+# notation as Athena documents it.
+TIMESTAMP_FORMAT = "yyyy-MM-dd HH:mm:ss.SSS"
+
+# Athena forbids a partition column named like a data column, and the rows repeat the
+# platform and channel that the key holds as partitions. LazySimpleSerDe reads columns by
+# position, so the row's copies are declared under these names; the partition columns keep
+# the plain names that queries filter on.
+DATA_COLUMN_RENAMES: dict[str, str] = {"platform": "row_platform", "channel": "row_channel"}
+
+PARTITION_COLUMNS: tuple[str, ...] = ("platform", "channel", "dt")
+
+DT_RANGE_START = "2024-01-01"
+
+_COLUMN_TYPES: dict[str, str] = {
+    "session_id": "STRING",
+    "platform": "STRING",
+    "channel": "STRING",
+    "batch_id": "STRING",
+    "seq": "BIGINT",
+    "window_start": "TIMESTAMP",
+    "window_end": "TIMESTAMP",
+    "message_count": "INT",
+    "scored_count": "INT",
+    **{label: "DOUBLE" for label in LABELS},
+    "dominant": "STRING",
+    "model_id": "STRING",
+    "agent_version": "STRING",
+}
+
+_COLUMN_COMMENTS: dict[str, str] = {
+    "window_start": f"UTC, {TIMESTAMP_FORMAT}",
+    "window_end": f"UTC, {TIMESTAMP_FORMAT}",
+    "scored_count": "below message_count when the window was sampled to keep up",
+    "dominant": "displayed label with the highest mean",
+}
+
+# S3 bucket names: 3-63 of lower-case letters, digits, '.', '-', starting and ending with a
+# letter or digit.
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.=/-]*$")
+_TABLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,254}$")
+
+
+def data_columns() -> list[tuple[str, str]]:
+    """(name, type) of each CSV column, in file order, as the table declares them."""
+    return [(DATA_COLUMN_RENAMES.get(c, c), _COLUMN_TYPES[c]) for c in READING_COLUMNS]
+
+
+def _check_table_name(value: str, what: str) -> str:
+    if not _TABLE_RE.match(value):
+        raise SettingsError(
+            f"Athena {what} {value!r} is not valid: use lower-case letters, digits and '_' "
+            "(for example 'captaflow_readings')"
+        )
+    return value
+
+
+def s3_location(bucket: str, prefix: str) -> str:
+    """``s3://bucket/prefix/`` with the prefix's slashes normalised; SettingsError if bad."""
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise SettingsError(
+            f"bucket {bucket!r} is not a valid S3 bucket name: use 3-63 lower-case letters, "
+            "digits, '.' or '-' (set --bucket)"
+        )
+    clean = prefix.strip("/")
+    if not _PREFIX_RE.match(clean) or "//" in clean:
+        raise SettingsError(
+            f"prefix {prefix!r} is not valid: use letters, digits and '_', '-', '.', '/' "
+            "(set --prefix, for example 'captaflow')"
+        )
+    return f"s3://{bucket}/{clean}/" if clean else f"s3://{bucket}/"
+
+
+def athena_ddl(
+    bucket: str,
+    prefix: str,
+    table: str = "captaflow_readings",
+    database: str | None = None,
+) -> str:
+    """The CREATE EXTERNAL TABLE statement for the readings under ``s3://bucket/prefix/``."""
+    location = s3_location(bucket, prefix)
+    name = f"`{_check_table_name(table, 'table')}`"
+    if database is not None:
+        name = f"`{_check_table_name(database, 'database')}`.{name}"
+    width = max(len(column) for column, _ in data_columns()) + 2
+    lines = []
+    for original, (column, kind) in zip(READING_COLUMNS, data_columns(), strict=True):
+        comment = _COLUMN_COMMENTS.get(original)
+        if original in DATA_COLUMN_RENAMES:
+            comment = f"copy of the partition column {original}, kept in each row"
+        text = f"  {('`' + column + '`').ljust(width)} {kind}"
+        if comment:
+            text += f" COMMENT '{comment}'"
+        lines.append(text)
+    columns = ",\n".join(lines)
+    template = location + "platform=${platform}/channel=${channel}/dt=${dt}/"
+    return f"""-- CaptaFlow readings: one row per window of chat, written by the agent's sync.
+-- Columns are read by position (LazySimpleSerDe). The CSV's own platform and channel are
+-- named row_platform and row_channel because Athena forbids a data column named like a
+-- partition column; filter on the partition columns platform, channel and dt.
+-- Timestamps are UTC text {TIMESTAMP_FORMAT}, which LazySimpleSerDe parses as TIMESTAMP.
+CREATE EXTERNAL TABLE IF NOT EXISTS {name} (
+{columns}
+)
+PARTITIONED BY (
+  `platform` STRING,
+  `channel` STRING,
+  `dt` STRING
+)
+ROW FORMAT DELIMITED
+  FIELDS TERMINATED BY ','
+  LINES TERMINATED BY '\\n'
+STORED AS TEXTFILE
+LOCATION '{location}'
+TBLPROPERTIES (
+  'skip.header.line.count' = '1',
+  'projection.enabled' = 'true',
+  'projection.platform.type' = 'injected',
+  'projection.channel.type' = 'injected',
+  'projection.dt.type' = 'date',
+  'projection.dt.format' = 'yyyy-MM-dd',
+  'projection.dt.range' = '{DT_RANGE_START},NOW',
+  'projection.dt.interval' = '1',
+  'projection.dt.interval.unit' = 'DAYS',
+  'storage.location.template' = '{template}'
+);
+"""
+
+
+def example_query(
+    table: str = "captaflow_readings",
+    platform: str = "twitch",
+    channel: str = "xqcow",
+    session_id: str = "SESSION_ID",
+    displayed: tuple[str, ...] = DEFAULT_DISPLAYED,
+) -> str:
+    """A query that charts one stream's emotions over time (for the README)."""
+    _check_table_name(table, "table")
+    for label in displayed:
+        if label not in LABELS:
+            raise SettingsError(f"label {label!r} is not a model label; use some of {LABELS}")
+    for what, value in (("platform", platform), ("channel", channel), ("session", session_id)):
+        if not re.match(r"^[A-Za-z0-9_-]+$", value):
+            raise SettingsError(f"{what} {value!r} is not valid: use letters, digits, '_', '-'")
+    labels = ",\n  ".join(f'"{label}"' for label in displayed)
+    return f"""SELECT
+  window_start,
+  {labels},
+  dominant,
+  message_count,
+  scored_count
+FROM {table}
+WHERE platform = '{platform}'
+  AND channel = '{channel}'
+  AND session_id = '{session_id}'
+ORDER BY window_start;
+"""
