@@ -219,8 +219,9 @@ class Emote:
 def parse_emotes(value: str, text: str) -> list[Emote]:
     """Parse Twitch's `emotes` tag (``id:a-b,c-d/id2:e-f``, inclusive code-point ranges).
 
-    Twitch sometimes sends ranges that are off by one or past the end; those are kept as sent
-    when they fit in the text and skipped when they do not, never an error. Sorted by start.
+    Twitch sometimes sends ranges that are off by one or run past the end of the text; such a
+    range is kept as sent (its name is what the text holds there) when it starts inside the
+    text, and skipped when it does not. Never an error. Sorted by start.
     """
     emotes: list[Emote] = []
     for group in value.split("/"):
@@ -232,7 +233,7 @@ def parse_emotes(value: str, text: str) -> list[Emote]:
             if not dash or not first.isdigit() or not last.isdigit():
                 continue
             start, end = int(first), int(last) + 1
-            if start >= end or end > len(text):
+            if start >= end or start >= len(text):
                 continue
             emotes.append(Emote(emote_id, start, end, text[start:end]))
     emotes.sort(key=lambda e: e.start)
