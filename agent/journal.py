@@ -193,7 +193,7 @@ def _moderation_fields(
     platform = str(first("platform") or "twitch")
     channel = str(first("channel") or "")
     target_key = first("target_message_id", "message_id", "target_id")
-    target_user = first("target_login", "target_user", "login", "user")
+    target_user = first("target_login", "target_user", "author", "login", "user")
     at = first("at", "sent_at", "received_at", "timestamp")
     duration = first("duration", "ban_duration")
     return (

@@ -191,11 +191,11 @@ def test_prune_by_size_removes_oldest_written_first(path: Path) -> None:
 
 
 @dataclass
-class Moderation:  # the attributes agent.sources.irc.ModerationEvent carries
+class Moderation:  # the attributes of agent.sources.irc.ModerationEvent
     kind: str
     channel: str
-    target_message_id: str | None
-    target_login: str | None
+    message_id: str | None
+    author: str | None
     at: float
     platform: str = "twitch"
 
