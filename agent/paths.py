@@ -1,0 +1,83 @@
+"""Where CaptaFlow keeps its files on this machine.
+
+The defaults follow each platform's conventions (platformdirs): on Windows the settings go
+to `%APPDATA%\\CaptaFlow\\CaptaFlow\\config.toml`, the data to
+`%LOCALAPPDATA%\\CaptaFlow\\CaptaFlow`.
+Two switches move them, so tests, portable installs and a second profile never touch the
+real ones: `--data-dir` / `CAPTAFLOW_DATA_DIR` (data, and the logs inside it) and
+`--config` / `CAPTAFLOW_CONFIG` (the settings file).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "CaptaFlow"
+APP_AUTHOR = "CaptaFlow"
+CONFIG_FILE_NAME = "config.toml"
+DATA_DIR_ENV = "CAPTAFLOW_DATA_DIR"
+CONFIG_ENV = "CAPTAFLOW_CONFIG"
+
+
+@dataclass(frozen=True, slots=True)
+class Locations:
+    """The resolved places; nothing here is created until someone needs it."""
+
+    config_file: Path
+    data_dir: Path
+    log_dir: Path
+
+    @property
+    def model_dir(self) -> Path:
+        return self.data_dir / "model"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.data_dir / "journal.sqlite3"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+    @property
+    def lock_file(self) -> Path:
+        # Beside the data it protects: two agents on one data dir would fight over the spool.
+        return self.data_dir / "captaflow.lock"
+
+
+def _expand(raw: str | os.PathLike[str]) -> Path:
+    return Path(os.path.expandvars(os.fspath(raw))).expanduser().absolute()
+
+
+def resolve_locations(
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    config: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Locations:
+    """Flags win over the environment, which wins over the platform defaults."""
+    environ = os.environ if env is None else env
+    chosen_data = data_dir or environ.get(DATA_DIR_ENV) or None
+    chosen_config = config or environ.get(CONFIG_ENV) or None
+
+    if chosen_data:
+        data = _expand(chosen_data)
+        # A moved data dir takes its logs along: one folder holds everything of that profile.
+        logs = data / "logs"
+    else:
+        data = platformdirs.user_data_path(APP_NAME, APP_AUTHOR)
+        logs = platformdirs.user_log_path(APP_NAME, APP_AUTHOR)
+    if chosen_config:
+        config_file = _expand(chosen_config)
+    else:
+        config_file = platformdirs.user_config_path(APP_NAME, APP_AUTHOR) / CONFIG_FILE_NAME
+    return Locations(config_file=config_file, data_dir=data, log_dir=logs)

@@ -1,0 +1,575 @@
+"""The tray app: the streamer's whole interface, on the main thread.
+
+Split in two so the logic is tested without a display:
+
+* pure functions from an `AgentStatus` snapshot to what the tray shows: `menu_model()` (the
+  list of `MenuEntry`), `icon_for()` (which icon) and `tooltip_for()`;
+* `TrayApp`, a thin pystray shell that renders those, refreshes them once a second from a
+  timer thread, and runs every slow call (start, stop, opening files) off the UI thread so the
+  menu never freezes.
+
+pystray is imported only inside `TrayApp.run()`: on Linux importing it connects to the X
+display, and the command line must work on a machine without one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from PIL import Image
+
+from agent.errors import CaptaFlowError
+from agent.icons import IconState, render_icon
+from agent.vocab import AgentState, AgentStatus, SourceState
+
+if TYPE_CHECKING:
+    from agent.config import Settings
+
+log = logging.getLogger(__name__)
+
+APP_TITLE = "CaptaFlow"
+NO_MODEL_LINE = (
+    "Model not exported yet — run `captaflow export-model` once "
+    "(about 500 MB download, needs internet once)"
+)
+# Windows cuts tray tooltips at 127 characters.
+TOOLTIP_MAX = 120
+
+
+class AgentLike(Protocol):
+    """What the tray needs of `agent.runtime.Agent`."""
+
+    def start(self) -> None: ...
+    def stop(self, timeout: float = 10.0) -> None: ...
+    def status(self) -> AgentStatus: ...
+    def sync_now(self) -> None: ...
+
+
+class Action(StrEnum):
+    START = "start"
+    STOP = "stop"
+    OPEN_REPORT = "open_report"
+    OPEN_DATA_FOLDER = "open_data_folder"
+    OPEN_SETTINGS = "open_settings"
+    QUIT = "quit"
+
+
+@dataclass(frozen=True, slots=True)
+class MenuEntry:
+    """One menu line. Lines without an action are information and shown disabled."""
+
+    text: str
+    action: Action | None = None
+    enabled: bool = True
+    separator: bool = False
+
+
+SEPARATOR = MenuEntry("", separator=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure: status snapshot → what the tray shows.
+
+
+def source_line(status: AgentStatus) -> str:
+    """The link's state in a few words: connected, reconnecting in N s, offline..."""
+    if status.state is AgentState.STOPPED:
+        return "Stopped"
+    if status.state is AgentState.STARTING:
+        return "Starting…"
+    if status.state is AgentState.STOPPING:
+        return "Stopping — saving the last readings…"
+    source = status.source
+    channel = f" to #{status.channel}" if status.channel else ""
+    if source.state is SourceState.CONNECTED:
+        return f"Connected{channel}"
+    if source.state is SourceState.CONNECTING:
+        return f"Connecting{channel}…"
+    if source.state is SourceState.RECONNECTING:
+        if source.retry_in is not None and source.retry_in > 0:
+            return f"Reconnecting in {max(1, round(source.retry_in))} s"
+        return "Reconnecting…"
+    if source.state is SourceState.FINISHED:
+        return "Replay finished"
+    if source.state is SourceState.FAILED:
+        return f"Offline: {source.detail}" if source.detail else "Offline"
+    return "Offline"
+
+
+def activity_line(status: AgentStatus) -> str:
+    readings = status.readings_total
+    noun = "reading" if readings == 1 else "readings"
+    return f"{status.messages_per_second:.1f} messages/s · {readings} {noun} this session"
+
+
+def upload_line(status: AgentStatus) -> str:
+    waiting = status.parts_waiting
+    if waiting == 0:
+        text = "Nothing waiting for upload"
+    else:
+        text = f"{waiting} part{'s' if waiting != 1 else ''} waiting for upload"
+    upload = status.upload_state.strip()
+    if upload and upload != "idle":
+        text += f" ({upload})"
+    return text
+
+
+def mood_line(status: AgentStatus) -> str:
+    return f"Chat mood: {status.dominant}" if status.dominant else "Chat mood: —"
+
+
+def menu_model(
+    status: AgentStatus,
+    has_model: bool,
+    *,
+    setup_problem: str | None = None,
+    busy: bool = False,
+    notice: str | None = None,
+) -> list[MenuEntry]:
+    """The whole menu for one status snapshot.
+
+    `setup_problem` is a line saying what the settings still lack (e.g. no channel),
+    `busy` is True while a start or stop is under way, `notice` the last thing that went
+    wrong in the tray itself (a file that would not open).
+    """
+    stopped = status.state is AgentState.STOPPED
+    can_start = stopped and has_model and setup_problem is None and not busy
+    can_stop = (
+        status.state in (AgentState.STARTING, AgentState.RUNNING, AgentState.TROUBLE) and not busy
+    )
+    entries = [
+        MenuEntry("Start", Action.START, enabled=can_start),
+        MenuEntry("Stop", Action.STOP, enabled=can_stop),
+        SEPARATOR,
+    ]
+    info: list[str] = []
+    if not has_model:
+        info.append(NO_MODEL_LINE)
+    if setup_problem:
+        info.append(setup_problem)
+    info.append(source_line(status))
+    if not stopped or status.readings_total or status.messages_total:
+        info.append(activity_line(status))
+    info.append(upload_line(status))
+    info.append(mood_line(status))
+    if status.problem:
+        info.append(f"⚠ {status.problem}")
+    if notice:
+        info.append(f"⚠ {notice}")
+    entries.extend(MenuEntry(line, enabled=False) for line in info)
+    entries += [
+        SEPARATOR,
+        MenuEntry("Open report", Action.OPEN_REPORT),
+        MenuEntry("Open data folder", Action.OPEN_DATA_FOLDER),
+        MenuEntry("Settings", Action.OPEN_SETTINGS),
+        SEPARATOR,
+        MenuEntry("Quit", Action.QUIT),
+    ]
+    return entries
+
+
+def icon_for(
+    status: AgentStatus, has_model: bool = True, setup_problem: str | None = None
+) -> tuple[IconState, str | None]:
+    """Which icon to show: (state colour, emotion dot or None)."""
+    if not has_model or setup_problem:
+        return IconState.SETUP, None
+    if status.state in (AgentState.STOPPED, AgentState.STOPPING):
+        return IconState.STOPPED, None
+    if status.source.state is SourceState.FAILED:
+        return IconState.FAILED, None
+    if status.state is AgentState.TROUBLE or status.source.state is SourceState.RECONNECTING:
+        return IconState.TROUBLE, status.dominant
+    return IconState.RUNNING, status.dominant
+
+
+def tooltip_for(status: AgentStatus, has_model: bool = True) -> str:
+    if not has_model:
+        text = f"{APP_TITLE} — model not exported yet"
+    else:
+        parts = [source_line(status)]
+        if status.dominant and status.state in (AgentState.RUNNING, AgentState.TROUBLE):
+            parts.append(status.dominant)
+        text = f"{APP_TITLE} — " + " · ".join(parts)
+    return text if len(text) <= TOOLTIP_MAX else text[: TOOLTIP_MAX - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------
+# Opening files with the OS.
+
+
+def open_with_default_app(path: Path) -> None:
+    """Open a file or folder the way a double-click would."""
+    if not path.exists():
+        raise CaptaFlowError(f"{path} does not exist yet; start CaptaFlow once to create it")
+    try:
+        if sys.platform == "win32":
+            os.startfile(path)  # type: ignore[attr-defined]  # Windows only
+        elif sys.platform == "darwin":
+            subprocess.Popen(["open", str(path)])
+        else:
+            subprocess.Popen(
+                ["xdg-open", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+    except OSError as error:
+        raise CaptaFlowError(
+            f"cannot open {path} ({error.strerror or error}); open it yourself"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The pystray shell.
+
+
+class TrayApp:
+    """The tray icon around one agent at a time (a fresh one from `agent_factory` per Start)."""
+
+    def __init__(
+        self,
+        agent_factory: Callable[[], AgentLike],
+        *,
+        open_report: Callable[[], object],
+        open_data_folder: Callable[[], object],
+        open_settings: Callable[[], object],
+        has_model: Callable[[], bool] = lambda: True,
+        setup_problem: Callable[[], str | None] = lambda: None,
+        refresh_seconds: float = 1.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self._agent_factory = agent_factory
+        self._handlers: Mapping[Action, Callable[[], object]] = {
+            Action.OPEN_REPORT: open_report,
+            Action.OPEN_DATA_FOLDER: open_data_folder,
+            Action.OPEN_SETTINGS: open_settings,
+        }
+        self._has_model = has_model
+        self._setup_problem = setup_problem
+        self._refresh_seconds = refresh_seconds
+        self._stop_timeout = stop_timeout
+
+        self._lock = threading.Lock()
+        self._agent: AgentLike | None = None
+        self._busy: AgentState | None = None  # STARTING or STOPPING while a worker runs
+        self._notice: str | None = None
+        self._quitting = threading.Event()
+        self._workers: list[threading.Thread] = []
+        self._icon: Any = None  # pystray.Icon once run() has started
+        self._icon_cache: dict[tuple[IconState, str | None], Image.Image] = {}
+        self._shown_icon: tuple[IconState, str | None] | None = None
+        self.stopped = threading.Event()  # set once Quit has stopped the agent and the loop
+
+    # -- state ------------------------------------------------------------------------------
+
+    def snapshot(self) -> AgentStatus:
+        """The agent's status, with the tray's own start/stop progress laid over it."""
+        with self._lock:
+            agent, busy = self._agent, self._busy
+        status = AgentStatus()
+        if agent is not None:
+            try:
+                status = agent.status()
+            except Exception:
+                log.exception("the agent's status() failed")
+        if busy is not None:
+            status = replace(status, state=busy)
+        return status
+
+    def _checks(self) -> tuple[bool, str | None]:
+        try:
+            has_model = bool(self._has_model())
+            problem = self._setup_problem()
+        except CaptaFlowError as error:
+            return True, str(error)
+        return has_model, problem
+
+    def entries(self) -> list[MenuEntry]:
+        has_model, problem = self._checks()
+        with self._lock:
+            busy, notice = self._busy is not None, self._notice
+        return menu_model(
+            self.snapshot(), has_model, setup_problem=problem, busy=busy, notice=notice
+        )
+
+    # -- actions (each returns the worker thread so tests and Quit can wait for it) ---------
+
+    def _spawn(self, name: str, work: Callable[[], None]) -> threading.Thread:
+        thread = threading.Thread(target=work, name=f"tray-{name}", daemon=True)
+        with self._lock:
+            self._workers = [w for w in self._workers if w.is_alive()] + [thread]
+        thread.start()
+        return thread
+
+    def start_agent(self) -> threading.Thread | None:
+        with self._lock:
+            running = self._agent is not None and self._agent.status().state not in (
+                AgentState.STOPPED,
+            )
+            if self._busy is not None or running or self._quitting.is_set():
+                return None
+            self._busy = AgentState.STARTING
+            self._notice = None
+
+        def work() -> None:
+            agent: AgentLike | None = None
+            try:
+                agent = self._agent_factory()
+                agent.start()
+            except CaptaFlowError as error:
+                self._set_notice(str(error))
+            except Exception as error:
+                log.exception("starting the agent failed")
+                self._set_notice(f"could not start: {error}; see the log file")
+            with self._lock:
+                if agent is not None:
+                    self._agent = agent
+                self._busy = None
+            self.refresh()
+
+        return self._spawn("start", work)
+
+    def stop_agent(self) -> threading.Thread | None:
+        with self._lock:
+            agent = self._agent
+            if agent is None or self._busy is not None:
+                return None
+            self._busy = AgentState.STOPPING
+
+        def work() -> None:
+            try:
+                # The agent seals the open window and part before returning.
+                agent.stop(timeout=self._stop_timeout)
+            except Exception as error:
+                log.exception("stopping the agent failed")
+                self._set_notice(f"stop failed: {error}; see the log file")
+            with self._lock:
+                self._busy = None
+            self.refresh()
+
+        return self._spawn("stop", work)
+
+    def quit(self) -> threading.Thread:
+        """Stop the agent (sealing its part), then end the tray loop."""
+        self._quitting.set()
+
+        def work() -> None:
+            for worker in list(self._workers):
+                if worker is not threading.current_thread():
+                    worker.join()
+            with self._lock:
+                agent = self._agent
+            if agent is not None and agent.status().state is not AgentState.STOPPED:
+                try:
+                    agent.stop(timeout=self._stop_timeout)
+                except Exception:
+                    log.exception("stopping the agent on quit failed")
+            self.stopped.set()
+            if self._icon is not None:
+                self._icon.stop()
+
+        return self._spawn("quit", work)
+
+    def _open(self, action: Action) -> None:
+        handler = self._handlers[action]
+
+        def work() -> None:
+            try:
+                handler()
+            except CaptaFlowError as error:
+                self._set_notice(str(error))
+            except Exception as error:
+                log.exception("%s failed", action)
+                self._set_notice(f"{action.value.replace('_', ' ')} failed: {error}")
+            self.refresh()
+
+        self._spawn(action.value, work)
+
+    def _set_notice(self, text: str) -> None:
+        with self._lock:
+            self._notice = text
+        log.warning("%s", text)
+
+    def dispatch(self, action: Action) -> None:
+        """What a click on a menu entry does (never blocks the caller)."""
+        if action is Action.START:
+            self.start_agent()
+        elif action is Action.STOP:
+            self.stop_agent()
+        elif action is Action.QUIT:
+            self.quit()
+        else:
+            self._open(action)
+        self.refresh()
+
+    # -- pystray ----------------------------------------------------------------------------
+
+    def _image(self, key: tuple[IconState, str | None]) -> Image.Image:
+        if key not in self._icon_cache:
+            self._icon_cache[key] = render_icon(*key)
+        return self._icon_cache[key]
+
+    def _menu_items(self) -> Iterator[Any]:
+        import pystray
+
+        for entry in self.entries():
+            if entry.separator:
+                yield pystray.Menu.SEPARATOR
+            elif entry.action is None:
+                yield pystray.MenuItem(entry.text, None, enabled=False)
+            else:
+                action = entry.action
+                yield pystray.MenuItem(
+                    entry.text,
+                    lambda _icon, _item, a=action: self.dispatch(a),
+                    enabled=entry.enabled,
+                )
+
+    def refresh(self) -> None:
+        """Bring icon, tooltip and menu up to date with the agent (any thread)."""
+        icon = self._icon
+        if icon is None:
+            return
+        status = self.snapshot()
+        has_model, problem = self._checks()
+        key = icon_for(status, has_model, problem)
+        try:
+            if key != self._shown_icon:
+                icon.icon = self._image(key)
+                self._shown_icon = key
+            icon.title = tooltip_for(status, has_model)
+            icon.update_menu()
+        except Exception:
+            # The tray host can vanish (Explorer restarting); the next tick tries again.
+            log.debug("tray refresh failed", exc_info=True)
+
+    def _refresh_loop(self) -> None:
+        while not self._quitting.wait(self._refresh_seconds):
+            self.refresh()
+
+    def _on_ready(self, icon: Any) -> None:
+        icon.visible = True
+        threading.Thread(target=self._refresh_loop, name="tray-refresh", daemon=True).start()
+        has_model, problem = self._checks()
+        message = NO_MODEL_LINE if not has_model else problem
+        if message and getattr(icon, "HAS_NOTIFICATION", False):
+            try:
+                icon.notify(message, APP_TITLE)
+            except Exception:
+                log.debug("notification failed", exc_info=True)
+        self.refresh()
+
+    def run(self) -> None:
+        """Show the icon and block until Quit (call on the main thread)."""
+        import pystray
+
+        has_model, problem = self._checks()
+        key = icon_for(self.snapshot(), has_model, problem)
+        self._shown_icon = key
+        self._icon = pystray.Icon(
+            "captaflow",
+            icon=self._image(key),
+            title=tooltip_for(self.snapshot(), has_model),
+            menu=pystray.Menu(self._menu_items),
+        )
+        try:
+            self._icon.run(setup=self._on_ready)
+        finally:
+            self._quitting.set()
+
+
+# ---------------------------------------------------------------------------------------------
+# The app as `captaflow` (no arguments) starts it.
+
+
+def model_present(model_dir: Path) -> bool:
+    """Cheap first-run check (the agent verifies the bundle's checksums when it starts)."""
+    from agent.bundle import MANIFEST_FILE, MODEL_FILE
+
+    return (model_dir / MANIFEST_FILE).is_file() and (model_dir / MODEL_FILE).is_file()
+
+
+def run_tray(
+    settings: Settings,
+    *,
+    debug: bool = False,
+    open_report: Callable[[], object] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    agent_factory: Callable[[], AgentLike] | None = None,
+) -> int:
+    """Lock, log, show the tray until Quit. Returns the exit status.
+
+    Each Start re-reads the settings file (with the same command-line `overrides`), so what
+    the streamer changed through Settings applies on the next Start without a restart.
+    `open_report` defaults to building the latest session's report and opening it.
+    """
+    from agent.config import load_settings, setup_problem, write_default_config
+    from agent.logs import setup_logging
+    from agent.single_instance import acquire_or_explain
+
+    lock, message = acquire_or_explain(settings.paths.lock_file)
+    if lock is None:
+        print(message, file=sys.stderr)
+        return 0
+    with lock:
+        setup_logging(settings, debug=debug)
+        write_default_config(settings.config_path)
+        again = {"data_dir": settings.paths.data_dir, **(overrides or {})}
+        current = {"settings": settings}
+
+        def fresh_settings() -> Settings:
+            current["settings"] = load_settings(settings.config_path, again)
+            return current["settings"]
+
+        def default_factory() -> AgentLike:
+            from agent.runtime import Agent
+
+            return Agent(fresh_settings())
+
+        def problem() -> str | None:
+            try:
+                return setup_problem(fresh_settings())
+            except CaptaFlowError as error:
+                return str(error)
+
+        app = TrayApp(
+            agent_factory or default_factory,
+            open_report=open_report or (lambda: open_latest_report(current["settings"])),
+            open_data_folder=lambda: open_with_default_app(
+                _made(current["settings"].paths.data_dir)
+            ),
+            open_settings=lambda: open_with_default_app(
+                write_default_config(current["settings"].config_path)
+            ),
+            has_model=lambda: model_present(current["settings"].model.dir),
+            setup_problem=problem,
+        )
+        log.info("tray starting; settings %s", current["settings"].redacted())
+        app.run()
+    return 0
+
+
+def open_latest_report(settings: Settings) -> Path:
+    """Build the report of the latest session into the reports folder and open it."""
+    from agent.report import build_report
+
+    out = build_report(
+        settings.spool.dir,
+        latest=True,
+        displayed=tuple(settings.display.emotions),
+        out=_made(settings.paths.reports_dir) / "latest.html",
+    )
+    open_with_default_app(out)
+    return out
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
