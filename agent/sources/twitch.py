@@ -273,7 +273,8 @@ class TwitchSource:
                 await ws.close()
             self._ws = None
             self._backpressured = False
-            if not self._closing.is_set() and outcome.fatal is None:
+            # No reason means the consumer stopped iterating: not a lost link.
+            if not self._closing.is_set() and outcome.fatal is None and outcome.reason:
                 self.stats["links_lost"] += 1
                 log.warning("twitch: link to #%s ended: %s", self.channel, outcome.reason)
 
