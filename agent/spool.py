@@ -18,6 +18,10 @@ removed on recovery.
 Part numbers are per session, increasing and never reused: a new part takes one more than
 the highest number found for the session in open/, sealed/, uploaded/ and corrupt/.
 
+Rotation: `append` seals a part that is full (`max_part_rows`) or whose session, platform,
+channel or UTC date differs before writing; `maybe_seal(now)` seals full parts and parts
+older than `max_part_age_seconds`; `seal_open` seals everything at stop.
+
 Writing: every row is one ``write`` of ``row + "\\n"`` followed by a flush, so a killed
 process leaves at most one partial last line (the row in flight), which recovery cuts off.
 Sealing is flush, fsync, close, ``os.replace`` into sealed/, fsync of both directories
@@ -458,15 +462,27 @@ class Spool:
                 if part.rows >= self.max_part_rows
                 or (part.rows > 0 and now - part.opened_at >= self.max_part_age_seconds)
             ]
-            return [self._seal(part) for part in due]
+            sealed = [self._seal(part) for part in due]
+            return [path for path in sealed if path is not None]
 
     def seal_open(self) -> Path | None:
-        """Seal the open parts (at stop); the path of the last one sealed, None if none."""
-        with self._lock:
-            sealed = [self._seal(part) for part in list(self._open.values())]
-            return sealed[-1] if sealed else None
+        """At stop: write what a full disk held back if it can, then seal the open parts.
 
-    def _seal(self, part: _OpenPart) -> Path:
+        Returns the last part sealed (None if none). Readings still held back by a full
+        disk are not in the spool; the runtime re-makes them from the journal at the next
+        start (their batch ids are missing from `batch_ids_in`).
+        """
+        with self._lock:
+            try:
+                self.retry_pending()
+            except SpoolError as exc:
+                log.warning("%s (%d readings not written)", exc, len(self._pending))
+            sealed = [self._seal(part) for part in list(self._open.values())]
+            done = [path for path in sealed if path is not None]
+            return done[-1] if done else None
+
+    def _seal(self, part: _OpenPart) -> Path | None:
+        """Seal one open part; a part whose first row never made it is removed instead."""
         del self._open[part.name.session_id]
         try:
             part.handle.flush()
@@ -478,6 +494,10 @@ class Spool:
                 "restart the agent, which recovers it"
             ) from exc
         part.handle.close()
+        if part.rows == 0:
+            # Only the header: a full disk refused the first row. It holds no reading.
+            part.path.unlink(missing_ok=True)
+            return None
         return self._move_to_sealed(part.path, part.name, part.platform, part.channel, part.dt)
 
     def _move_to_sealed(
@@ -567,6 +587,8 @@ class Spool:
         try:
             with open(path, "rb") as handle:
                 head = handle.read(len(HEADER_LINE))
+        except FileNotFoundError:
+            return  # the sync moved it to uploaded/ meanwhile
         except OSError as exc:
             self._set_aside(path, f"unreadable ({exc.strerror or exc})", report)
             return

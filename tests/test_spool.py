@@ -468,3 +468,14 @@ def test_timestamps_keep_milliseconds(tmp_path: Path) -> None:
     row = sealed.read_bytes().decode("ascii").split("\n")[1].split(",")
     assert row[READING_COLUMNS.index("window_start")] == format_timestamp(DAY1 + 0.123)
     assert row[READING_COLUMNS.index("window_start")].endswith(".123")
+
+
+def test_a_part_whose_first_row_hit_a_full_disk_is_not_sealed_empty(tmp_path: Path) -> None:
+    space = DiskSpace(len(HEADER_LINE) + 5)
+    spool = Spool(tmp_path, opener=lambda path: FileOnSmallDisk(path, space))  # type: ignore[arg-type,return-value]
+    with pytest.raises(SpoolError, match="disk full"):
+        spool.append(reading(0))
+    assert spool.seal_open() is None  # still full at stop: nothing sealed, nothing broken
+    assert not list((tmp_path / "open").iterdir())
+    assert not list((tmp_path / "sealed").rglob("*.csv"))
+    assert [r.seq for r in spool.pending] == [0]
