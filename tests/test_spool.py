@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.errors import SpoolError
 from agent.spool import (
     HEADER_LINE,
     Spool,
     iter_readings,
+    parse_part,
     parse_part_name,
     read_part,
 )
@@ -221,6 +224,28 @@ def test_recovery_seals_the_complete_rows_of_a_crashed_part(tmp_path: Path) -> N
     spool.append(reading(3))
     assert spool.seal_open() == sealed.with_name("s1-00002.csv")
     assert sealed.read_bytes() == complete
+
+
+def test_a_kill_at_any_byte_keeps_exactly_the_rows_written_whole() -> None:
+    rows = [(",".join(reading(i).as_row()) + "\n").encode("ascii") for i in range(3)]
+    data = HEADER_LINE + b"".join(rows)
+    ends = [len(HEADER_LINE) + sum(len(r) for r in rows[: i + 1]) for i in range(3)]
+    for cut in range(len(data) + 1):
+        parsed = parse_part(data[:cut])
+        whole = sum(1 for end in ends if end <= cut)
+        assert parsed.problem is None, cut
+        assert [r.seq for r in parsed.readings] == list(range(whole)), cut
+        header_end = len(HEADER_LINE) if cut >= len(HEADER_LINE) else 0
+        assert parsed.valid_bytes == (ends[whole - 1] if whole else header_end), cut
+
+
+@given(st.binary(max_size=400))
+def test_any_bytes_after_the_header_parse_or_are_named_corrupt(tail: bytes) -> None:
+    parsed = parse_part(HEADER_LINE + tail)
+    assert parsed.header_ok
+    assert parsed.valid_bytes <= len(HEADER_LINE) + len(tail)
+    if parsed.problem is None:
+        assert b"\n" not in tail[parsed.valid_bytes - len(HEADER_LINE) :]
 
 
 def test_an_open_part_without_rows_is_removed(tmp_path: Path) -> None:
