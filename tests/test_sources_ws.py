@@ -542,3 +542,19 @@ def test_unreachable_server_retries_with_backoff_until_closed() -> None:
     assert len(retries) >= 3
     assert retries[:3] == pytest.approx([0.05, 0.1, 0.2])  # 0.05·2^(n-1), capped at 0.2
     assert statuses[-1].state is SourceState.STOPPED
+
+
+def test_make_source_chooses_by_kind() -> None:
+    from agent.sources.twitch import TwitchSource
+
+    common: dict[str, Any] = {"file": None, "speed": 1, "mapping": None}
+    assert isinstance(
+        make_source("Twitch", channel="xqcow", server_url=None, token=None, **common),
+        TwitchSource,
+    )
+    assert isinstance(
+        make_source("streamerbot", channel="xqcow", server_url=None, token=None, **common),
+        StreamerbotSource,
+    )
+    ssn = make_source("ssn", channel="xqcow", server_url=None, token="abc", **common)
+    assert isinstance(ssn, SocialStreamSource) and ssn.url == "wss://io.socialstream.ninja"

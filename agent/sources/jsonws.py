@@ -245,7 +245,9 @@ class WebSocketJsonSource:
     def status(self) -> SourceStatus:
         return self._status
 
-    def _set_status(self, state: SourceState, detail: str = "", retry_in: float | None = None):
+    def _set_status(
+        self, state: SourceState, detail: str = "", retry_in: float | None = None
+    ) -> None:
         self._status = SourceStatus(state, detail, retry_in)
         self.stats.timeline.append((self._clock(), f"{state.value} {detail}".strip()))
         log.info("%s source: %s %s", self.name, state.value, detail)

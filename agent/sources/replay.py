@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from agent.errors import SettingsError, SourceError
 from agent.sources.irc import (
@@ -243,7 +243,7 @@ def _open_lines(path: Path) -> IO[bytes]:
     try:
         with path.open("rb") as probe:
             compressed = probe.read(2) == b"\x1f\x8b"
-        return gzip.open(path, "rb") if compressed else path.open("rb")
+        return cast(IO[bytes], gzip.open(path, "rb") if compressed else path.open("rb"))
     except FileNotFoundError as exc:
         raise SourceError(f"chat file {path} does not exist: check --file") from exc
     except OSError as exc:

@@ -93,7 +93,8 @@ def parse_streamerbot_event(obj: Any, *, channel: str, received_at: float) -> Ch
     data = obj.get("data")
     if not isinstance(data, dict):
         return None
-    legacy = data.get("message") if isinstance(data.get("message"), dict) else {}
+    nested = data.get("message")
+    legacy: dict[str, Any] = nested if isinstance(nested, dict) else {}
     text = _first_text(data, "text") or scalar_text(legacy.get("message"))
     if text is None and isinstance(data.get("message"), str):
         text = data["message"]  # YouTube.Message
