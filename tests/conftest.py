@@ -15,3 +15,52 @@ def testdata() -> Path:
     if not TESTDATA.is_dir():
         pytest.skip(f"{TESTDATA} is absent (it ships beside the repository in CI, not in a clone)")
     return TESTDATA
+
+
+# --- the tiny model bundle (owned by model_export) ------------------------------------------
+# Built once per session through the same command a user runs (`python -m model_export
+# --tiny`), in process; --keep-intermediate keeps the Hugging Face model it was exported
+# from, so parity tests can load the PyTorch original.
+
+
+@pytest.fixture(scope="session")
+def _tiny_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from model_export.cli import main as export_main
+    from model_export.export import intermediate_dir_for, stand_in_source_dir
+
+    out = tmp_path_factory.mktemp("tiny-export") / "bundle"
+    status = export_main(["--tiny", "--out", str(out), "--threads", "1", "--keep-intermediate"])
+    if status != 0:
+        pytest.fail(f"`python -m model_export --tiny` exited with {status} (see stderr)")
+    return out, stand_in_source_dir(intermediate_dir_for(out))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(_tiny_export: tuple[Path, Path]) -> Path:
+    """A complete int8 bundle of a 2-layer random RoBERTa with CaptaFlow's 11 labels."""
+    return _tiny_export[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_source(_tiny_export: tuple[Path, Path]) -> Path:
+    """The Hugging Face model directory `tiny_bundle` was exported from (PyTorch weights)."""
+    return _tiny_export[1]
+
+
+# --- a real S3 server on 127.0.0.1 (moto), for the agent's end-to-end tests ------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> object:
+    """Environment that points boto3 at moto's S3 server on loopback, with fake keys."""
+    from tests.s3server import FAKE_KEY_ID, FAKE_SECRET, MotoS3
+
+    server = MotoS3().start()
+    env = {
+        "AWS_ENDPOINT_URL": server.url,
+        "AWS_ACCESS_KEY_ID": FAKE_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    yield env
+    server.stop()

@@ -1,0 +1,174 @@
+"""`python -m model_export` and `captaflow export-model`: one command, one exit status.
+
+Exit status 0 when the bundle is published, 2 for bad usage, 1 for any other failure,
+which is reported as one line on stderr (a traceback only with --debug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import NoReturn
+
+from agent.errors import CaptaFlowError, ExportError, UsageError
+from agent.vocab import MODEL_ID
+from model_export.export import (
+    DEFAULT_MAX_LENGTH,
+    StageClock,
+    default_model_dir,
+    export_bundle,
+    intermediate_dir_for,
+    stand_in_source_dir,
+)
+from model_export.parity import RANDOM_MODEL_TOLERANCE, REAL_MODEL_TOLERANCE
+from model_export.tiny import (
+    RANDOM_BASE_MODEL_ID,
+    TINY_MODEL_ID,
+    build_random_base_source,
+    build_tiny_source,
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `python -m model_export --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m model_export",
+        description=(
+            "Export the CardiffNLP emotion model once into CaptaFlow's int8 ONNX bundle "
+            "(downloads about 500 MB from the Hugging Face Hub)."
+        ),
+    )
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument(
+        "--tiny",
+        action="store_true",
+        help="export a 2-layer random-weight RoBERTa (for tests, no download)",
+    )
+    kind.add_argument(
+        "--random-base",
+        action="store_true",
+        help="export roberta-base's shape with random weights (for benchmarks)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"bundle directory (default: {default_model_dir()})"
+    )
+    parser.add_argument("--model-id", default=None, help=f"Hub model id (default: {MODEL_ID})")
+    parser.add_argument(
+        "--revision", default=None, help="Hub branch, tag or commit to pin (default: the latest)"
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=DEFAULT_MAX_LENGTH,
+        help=f"tokens per message the scorer keeps (default {DEFAULT_MAX_LENGTH})",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="CPU threads for the export and the parity check",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="weight seed of --tiny / --random-base (default 0)"
+    )
+    parser.add_argument(
+        "--skip-parity",
+        action="store_true",
+        help="do not compare the int8 model with the PyTorch model",
+    )
+    parser.add_argument(
+        "--keep-intermediate",
+        action="store_true",
+        help="keep the fp32/fused ONNX graphs (and a built source) beside --out",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> None:
+    if (args.tiny or args.random_base) and (args.model_id or args.revision):
+        raise UsageError(
+            "--model-id/--revision name a Hub model; --tiny and --random-base "
+            "build their own: drop one of them"
+        )
+    if args.threads < 1:
+        raise UsageError(f"--threads {args.threads} must be at least 1")
+    out: Path = (args.out or default_model_dir()).expanduser()
+    progress = StageClock()
+    work_dir = intermediate_dir_for(out) if args.keep_intermediate else None
+    common = {
+        "max_length": args.max_length,
+        "threads": args.threads,
+        "skip_parity": args.skip_parity,
+        "work_dir": work_dir,
+        "progress": progress,
+    }
+    if not (args.tiny or args.random_base):
+        export_bundle(
+            args.model_id or MODEL_ID,
+            out,
+            revision=args.revision,
+            tolerance=REAL_MODEL_TOLERANCE,
+            **common,
+        )
+        return
+    build, model_id = (
+        (build_tiny_source, TINY_MODEL_ID)
+        if args.tiny
+        else (build_random_base_source, RANDOM_BASE_MODEL_ID)
+    )
+    with tempfile.TemporaryDirectory(prefix="captaflow-source-") as scratch:
+        source_dir = stand_in_source_dir(work_dir) if work_dir is not None else Path(scratch)
+        progress(f"building {model_id} (random weights, seed {args.seed}) in {source_dir}")
+        try:
+            build(source_dir, args.seed, max_length=args.max_length)
+        except OSError as exc:
+            raise ExportError(
+                f"cannot build the model in {source_dir} ({exc}): free some "
+                f"space or pass another --out"
+            ) from exc
+        export_bundle(
+            source_dir,
+            out,
+            source_model_id=model_id,
+            source_revision=f"random-seed-{args.seed}",
+            tolerance=RANDOM_MODEL_TOLERANCE,
+            **common,
+        )
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        _run(parser.parse_args(argv))
+    except CaptaFlowError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("error: export interrupted; nothing new was published", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the last guard: a user never sees a bare traceback
+        if debug:
+            traceback.print_exc()
+        print(
+            f"error: the export failed unexpectedly ({type(exc).__name__}: {_one_line(exc)}): "
+            f"run again with --debug and report it",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
