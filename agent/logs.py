@@ -28,7 +28,7 @@ _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 # Patterns of secrets that may show up in text nobody meant to log: IRC login lines, OAuth
 # tokens, AWS keys and the headers that carry them.
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"(?im)^(\s*PASS\s+)\S+"), r"\1" + MASK),
+    (re.compile(r"\b(PASS\s+)\S+"), r"\1" + MASK),
     (re.compile(r"(?i)\boauth:[A-Za-z0-9_-]+"), "oauth:" + MASK),
     (re.compile(r"(?i)(\b(?:Bearer|OAuth)\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1" + MASK),
     (

@@ -518,6 +518,7 @@ def run_tray(
     if lock is None:
         print(message, file=sys.stderr)
         return 0
+    hide_own_console()
     with lock:
         setup_logging(settings, debug=debug)
         write_default_config(settings.config_path)
@@ -568,6 +569,27 @@ def open_latest_report(settings: Settings) -> Path:
     )
     open_with_default_app(out)
     return out
+
+
+def hide_own_console() -> bool:
+    """On Windows, hide the console window when it exists only for this process.
+
+    The executable is built with a console so the command line works from a terminal; a
+    double-click on it opens a console of its own, which the tray does not need. A console
+    shared with a terminal (more than one process attached) is left alone.
+    """
+    if sys.platform != "win32":
+        return False
+    import ctypes
+
+    windll = getattr(ctypes, "windll")  # noqa: B009 (Windows-only attribute)
+    kernel32 = windll.kernel32
+    window = kernel32.GetConsoleWindow()
+    processes = (ctypes.c_uint * 2)()
+    if not window or kernel32.GetConsoleProcessList(processes, 2) != 1:
+        return False
+    windll.user32.ShowWindow(window, 0)  # SW_HIDE
+    return True
 
 
 def _made(folder: Path) -> Path:

@@ -1,0 +1,346 @@
+"""Settings, paths, secrets and log masking: what the streamer types and what must never leak."""
+
+from __future__ import annotations
+
+import logging
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from agent import logs
+from agent.config import (
+    Secrets,
+    default_config_text,
+    load_secrets,
+    load_settings,
+    setup_problem,
+    write_default_config,
+)
+from agent.errors import SettingsError, UsageError
+from agent.paths import resolve_locations
+from agent.vocab import DEFAULT_DISPLAYED, LABELS
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    return tmp_path / "conf" / "config.toml"
+
+
+def load(config: Path, text: str | None = None, **overrides: object):
+    if text is not None:
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(text, encoding="utf-8")
+    return load_settings(config, {"data_dir": config.parent.parent / "data", **overrides})
+
+
+def error_of(config: Path, text: str, **overrides: object) -> str:
+    with pytest.raises(SettingsError) as caught:
+        load(config, text, **overrides)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+# --- defaults and the commented file ---------------------------------------------------------
+
+
+def test_missing_file_gives_defaults_rooted_in_the_data_dir(config: Path) -> None:
+    settings = load(config)
+    data = config.parent.parent / "data"
+    assert settings.paths.data_dir == data
+    assert settings.model.dir == data / "model"
+    assert settings.spool.dir == data / "spool"
+    assert settings.journal_path == data / "journal.sqlite3"
+    assert settings.paths.log_dir == data / "logs"
+    assert settings.window.messages == 10 and settings.window.seconds == 0
+    assert settings.display.emotions == DEFAULT_DISPLAYED
+    assert settings.sync.prefix == "captaflow" and settings.sync.enabled
+    assert settings.source.kind == "twitch" and settings.source.server_url == ""
+    assert dict(settings.source.mapping)["text"] == "text"
+    assert not config.exists(), "loading must not write unless asked"
+
+
+def test_first_run_writes_a_commented_file_that_loads_to_the_defaults(config: Path) -> None:
+    created = load_settings(
+        config, {"data_dir": config.parent.parent / "data"}, create_if_missing=True
+    )
+    text = config.read_text(encoding="utf-8")
+    assert text == default_config_text()
+    # Every key has a comment above it explaining it.
+    for line_number, line in enumerate(text.splitlines()):
+        if re.match(r"^#? ?[a-z_]+ = ", line):
+            assert text.splitlines()[line_number - 1].startswith("#"), line
+    assert created == load(config)
+    assert "CAPTAFLOW_TWITCH_TOKEN" in text and "keyring" in text
+
+
+def test_uncommenting_every_default_changes_nothing(config: Path) -> None:
+    # The written defaults are the code's defaults: a user who uncomments a line and keeps
+    # its value gets exactly what they had.
+    uncommented = re.sub(r"(?m)^# ([a-z_]+ = )", r"\1", default_config_text())
+    tomllib.loads(uncommented)  # valid TOML
+    full, empty = load(config, uncommented), load(config, "")
+    for section in (
+        "source",
+        "audience",
+        "model",
+        "window",
+        "display",
+        "spool",
+        "sync",
+        "journal",
+        "log",
+    ):
+        assert getattr(full, section) == getattr(empty, section), section
+
+
+def test_write_default_config_never_overwrites(config: Path) -> None:
+    config.parent.mkdir(parents=True)
+    config.write_text('[source]\nchannel = "mine"\n', encoding="utf-8")
+    write_default_config(config)
+    assert load(config).source.channel == "mine"
+
+
+# --- values ------------------------------------------------------------------------------------
+
+
+def test_values_are_read_and_normalised(config: Path) -> None:
+    settings = load(
+        config,
+        """
+[source]
+kind = "Replay"
+channel = "#XQCow"
+file = "chats/demo.jsonl"
+speed = "4x"
+[source.mapping]
+text = "data.message.text"
+[audience]
+bots = ["@MyBot", "otherbot", "mybot"]
+[display]
+emotions = ["surprise", "joy", "anger"]
+[window]
+seconds = 2.5
+[sync]
+bucket = "s3://my-bucket/"
+prefix = "/streams/captaflow/"
+""",
+    )
+    assert settings.source.kind == "replay"
+    assert settings.source.channel == "xqcow"
+    # Relative paths in the file are relative to the file, not to wherever the app started.
+    assert settings.source.file == config.parent / "chats" / "demo.jsonl"
+    assert settings.source.speed == 4.0
+    assert settings.source.mapping["text"] == "data.message.text"
+    assert settings.source.mapping["id"] == "id"
+    assert settings.audience.bots == ("mybot", "otherbot")
+    assert settings.display.emotions == ("anger", "joy", "surprise")  # the model's order
+    assert set(settings.display.emotions) <= set(LABELS)
+    assert settings.window.seconds == 2.5
+    assert settings.sync.bucket == "my-bucket" and settings.sync.prefix == "streams/captaflow"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [('"recorded"', 1.0), ('"max"', "max"), ("10", 10.0)])
+def test_replay_speed(config: Path, raw: str, expected: object) -> None:
+    assert load(config, f"[source]\nspeed = {raw}\n").source.speed == expected
+
+
+def test_a_bad_value_names_key_value_file_and_expectation(config: Path) -> None:
+    message = error_of(config, "[window]\nmessages = -3\n")
+    assert message == f"window.messages = -3 in {config}: expected a whole number ≥ 1"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[model]\nthreads = 1.5\n", "model.threads = 1.5"),
+        ("[sync]\nenabled = 1\n", "expected true or false"),
+        ('[source]\nkind = "discord"\n', 'expected one of "twitch", "streamerbot"'),
+        ('[source]\nchannel = "bad name!"\n', 'source.channel = "bad name!"'),
+        ('[display]\nemotions = ["joy", "happiness"]\n', "display.emotions"),
+        ("[display]\nemotions = []\n", "a non-empty list"),
+        ("[spool]\nwarn_fraction = 1.5\n", "≤ 1"),
+        ('[source]\nspeed = "fast-ish"\n', '"recorded", "max" or a speed-up factor'),
+        ('[sync]\nbucket = "Not_A_Bucket"\n', "an S3 bucket name"),
+        ('[log]\nlevel = "loud"\n', '"debug"'),
+        ("[window]\nmax_age_seconds = 0\n", "a number > 0"),
+    ],
+)
+def test_each_check_refuses_bad_values(config: Path, text: str, fragment: str) -> None:
+    message = error_of(config, text)
+    assert fragment in message
+    assert str(config) in message
+
+
+def test_unknown_keys_get_a_did_you_mean(config: Path) -> None:
+    assert "did you mean 'messages'?" in error_of(config, "[window]\nmesages = 5\n")
+    assert "did you mean 'window'?" in error_of(config, "[windows]\nmessages = 5\n")
+    assert "unknown setting source.mapping.txt" in error_of(config, '[source.mapping]\ntxt = "a"\n')
+    assert "must be a [table]" in error_of(config, "window = 3\n")
+
+
+def test_a_toml_syntax_error_names_file_line_and_column(config: Path) -> None:
+    message = error_of(config, '[source]\nkind = "twitch"\nchannel = \n')
+    assert message.startswith(f"{config}, line 3, column ")
+    assert "delete the file" in message
+
+
+def test_a_file_that_is_not_utf8_is_refused_clearly(config: Path) -> None:
+    config.parent.mkdir(parents=True)
+    config.write_bytes(b'[source]\nchannel = "caf\xe9"\n')
+    with pytest.raises(SettingsError, match="not UTF-8"):
+        load(config)
+
+
+def test_bad_settings_are_usage_errors_with_exit_status_2(config: Path) -> None:
+    with pytest.raises(UsageError) as caught:
+        load(config, "[window]\nmessages = 0\n")
+    assert caught.value.exit_status == 2
+
+
+# --- overrides ---------------------------------------------------------------------------------
+
+
+def test_command_line_overrides_win_and_are_coerced(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load(
+        config,
+        '[source]\nchannel = "fromfile"\n[window]\nmessages = 20\n',
+        **{
+            "source.channel": "fromflag",
+            "window.messages": "5",
+            "sync.enabled": "false",
+            "display.emotions": "joy,anger",
+            "model.dir": "models/tiny",
+            "source.file": None,  # argparse's "not given"
+        },
+    )
+    assert settings.source.channel == "fromflag"
+    assert settings.window.messages == 5
+    assert settings.sync.enabled is False
+    assert settings.display.emotions == ("anger", "joy")
+    assert settings.model.dir == tmp_path / "models" / "tiny"  # relative to the cwd
+    assert settings.source.file is None
+
+
+def test_a_bad_override_says_it_came_from_the_command_line(config: Path) -> None:
+    message = error_of(config, "", **{"window.messages": "0"})
+    assert message == 'window.messages = "0" on the command line: expected a whole number ≥ 1'
+    assert "did you mean 'window.messages'?" in error_of(config, "", **{"window.mesages": 3})
+
+
+def test_locations_follow_flags_then_environment(tmp_path: Path) -> None:
+    env = {
+        "CAPTAFLOW_DATA_DIR": str(tmp_path / "envdata"),
+        "CAPTAFLOW_CONFIG": str(tmp_path / "env.toml"),
+    }
+    from_env = resolve_locations(env=env)
+    assert from_env.data_dir == tmp_path / "envdata"
+    assert from_env.config_file == tmp_path / "env.toml"
+    assert from_env.log_dir == tmp_path / "envdata" / "logs"
+    flags = resolve_locations(data_dir=tmp_path / "flag", config=tmp_path / "f.toml", env=env)
+    assert flags.data_dir == tmp_path / "flag" and flags.config_file == tmp_path / "f.toml"
+    default = resolve_locations(env={})
+    assert default.config_file.name == "config.toml"
+    assert "CaptaFlow" in str(default.data_dir)
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "advice"),
+    [
+        ('[source]\ntoken = "oauth:abc"\n', "CAPTAFLOW_TWITCH_TOKEN"),
+        ('[sync]\naws_secret_access_key = "x"\n', "AWS_SECRET_ACCESS_KEY"),
+        ('[sync]\naws_access_key_id = "AKIA"\n', "~/.aws/credentials"),
+        ('twitch_token = "abc"\n', "keyring"),
+        ('[source]\nlogin = "oauth:abcdef"\n', "CAPTAFLOW_TWITCH_TOKEN"),
+    ],
+)
+def test_secrets_in_the_file_are_refused_with_where_they_belong(
+    config: Path, text: str, advice: str
+) -> None:
+    message = error_of(config, text)
+    assert "secrets never go in the settings file" in message
+    assert advice in message
+    assert "oauth:abc" not in message
+
+
+def test_secrets_come_from_the_environment_and_stay_out_of_sight(config: Path) -> None:
+    env = {
+        "CAPTAFLOW_TWITCH_TOKEN": "oauth:s3cr3tt0ken",
+        "AWS_SECRET_ACCESS_KEY": "abcdEFGH",
+        "CAPTAFLOW_NO_KEYRING": "1",
+    }
+    secrets = load_secrets(env)
+    assert secrets.twitch_token == "oauth:s3cr3tt0ken"
+    assert secrets.aws_secret_access_key == "abcdEFGH"
+    assert secrets.aws_access_key_id is None
+    assert secrets.found_in == {
+        "twitch_token": "environment",
+        "aws_secret_access_key": "environment",
+    }
+    assert "s3cr3t" not in repr(secrets) and "abcdEFGH" not in repr(secrets)
+    # Once loaded, the values are masked in any log text, wherever they appear.
+    assert "s3cr3t" not in logs.mask_secrets("joining with s3cr3tt0ken now")
+    assert "abcdEFGH" not in logs.mask_secrets("key=abcdEFGH")
+    settings = load(config)
+    assert "s3cr3t" not in str(settings.redacted()) and "s3cr3t" not in repr(settings)
+
+
+def test_without_environment_or_keyring_backend_secrets_are_quietly_absent() -> None:
+    # This machine has no keyring daemon: the lookup must fail quietly, not raise.
+    assert load_secrets({}) == Secrets(found_in={})
+
+
+# --- setup problems ------------------------------------------------------------------------------
+
+
+def test_setup_problem_says_what_the_source_still_needs(config: Path, tmp_path: Path) -> None:
+    assert "No channel set" in (setup_problem(load(config, "")) or "")
+    assert setup_problem(load(config, '[source]\nchannel = "xqcow"\n')) is None
+    assert "server_url" in (setup_problem(load(config, '[source]\nkind = "ws"\n')) or "")
+    missing = setup_problem(load(config, '[source]\nkind = "replay"\nfile = "nope.jsonl"\n'))
+    assert missing is not None and "does not exist" in missing
+
+
+# --- logs ----------------------------------------------------------------------------------------
+
+
+def test_logs_mask_secrets_in_messages_arguments_and_tracebacks(tmp_path: Path) -> None:
+    log_file = logs.setup_logging(tmp_path / "logs", "info")
+    assert log_file is not None
+    try:
+        log = logging.getLogger("captaflow.test")
+        log.info("sending PASS oauth:abcdef123456 to %s", "irc")
+        log.info("aws key %s", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+        try:
+            raise RuntimeError("token=hunter2hunter2")
+        except RuntimeError:
+            log.exception("failed")
+        log.info("model sha256 %s", "2fd4e1c67a2d28fced849ee1bb76e7391b93eb12")
+    finally:
+        logs.setup_logging(None, "warning")
+    text = log_file.read_text(encoding="utf-8")
+    assert "sending PASS *** to irc" in text
+    assert "RuntimeError: token=***" in text  # the traceback is kept, the secret is not
+    assert "2fd4e1c67a2d28fced849ee1bb76e7391b93eb12" in text  # hex digests stay readable
+    for secret in ("abcdef123456", "wJalrXUtnFEMI", "hunter2"):
+        assert secret not in text
+
+
+def test_logs_rotate(tmp_path: Path) -> None:
+    logs.setup_logging(tmp_path / "logs", "info", max_bytes=2000, backup_count=2)
+    try:
+        for index in range(100):
+            logging.getLogger("captaflow.test").info("filler line %03d to pass the limit", index)
+    finally:
+        logs.setup_logging(None, "warning")
+    files = sorted(f.name for f in (tmp_path / "logs").iterdir())
+    assert files == ["captaflow.log", "captaflow.log.1", "captaflow.log.2"]
+    assert all((tmp_path / "logs" / f).stat().st_size <= 2000 for f in files)
