@@ -74,6 +74,7 @@ def is_audience(
     """True if the message is audience chat worth scoring.
 
     `bots` must be lower-case names (use `bot_names()`)."""
-    if msg.author.strip().lstrip("@").lower() in bots:
-        return False
+    for name in (msg.author_name, msg.author):
+        if name and name.strip().lstrip("@").lower() in bots:
+            return False
     return not (skip_commands and is_command(msg.text))

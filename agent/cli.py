@@ -138,7 +138,8 @@ def _require_model(settings: Any) -> None:
     if not (model_dir / MANIFEST_FILE).is_file():
         raise CaptaFlowError(
             f"no model at {model_dir}: export it once with `captaflow export-model` "
-            f"(downloads about 500 MB once, needs internet; takes a few minutes) or pass --model DIR"
+            f"(downloads about 500 MB once, needs internet; takes a few minutes) "
+            f"or pass --model DIR"
         )
 
 
@@ -177,17 +178,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with resources.as_file(demo) as path:
         code = cmd_run(
             args,
-            {"source.kind": "replay", "source.file": str(path), "source.speed": args.speed,
-             "source.channel": ""},
+            {
+                "source.kind": "replay",
+                "source.file": str(path),
+                "source.speed": args.speed,
+                "source.channel": "",
+            },
         )
     settings = _settings(args)
     try:
         from agent.report import build_report
 
-        out = build_report(Path(settings.spool.dir), latest=True,
-                           displayed=tuple(settings.display.emotions),
-                           out=Path(settings.data_dir) / "reports" / "demo.html",
-                           samples=_journal_samples(settings))
+        out = build_report(
+            Path(settings.spool.dir),
+            latest=True,
+            displayed=tuple(settings.display.emotions),
+            out=Path(settings.data_dir) / "reports" / "demo.html",
+            samples=_journal_samples(settings),
+        )
         print(f"report: {out}", file=sys.stderr)
     except CaptaFlowError as exc:
         print(f"captaflow: report skipped: {exc}", file=sys.stderr)
@@ -222,14 +230,23 @@ def cmd_score(args: argparse.Namespace) -> int:
         for text, row in zip(chunk, scores, strict=True):
             values = tuple(float(x) for x in row)
             if args.json:
-                print(json.dumps({
-                    "text": text,
-                    "scores": {label: round(v, 6) for label, v in zip(LABELS, values, strict=True)},
-                    "dominant": dominant_label(values, displayed),
-                }, ensure_ascii=False))
+                print(
+                    json.dumps(
+                        {
+                            "text": text,
+                            "scores": {
+                                label: round(v, 6) for label, v in zip(LABELS, values, strict=True)
+                            },
+                            "dominant": dominant_label(values, displayed),
+                        },
+                        ensure_ascii=False,
+                    )
+                )
             else:
-                print(f"{format_message_line(text, values, displayed)}  "
-                      f"→ {dominant_label(values, displayed)}")
+                print(
+                    f"{format_message_line(text, values, displayed)}  "
+                    f"→ {dominant_label(values, displayed)}"
+                )
     return 0
 
 
@@ -282,8 +299,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     report = uploader.sync_once(progress=progress)
     print(file=sys.stderr)
-    print(f"uploaded {len(report.uploaded)} part(s) to s3://{s.bucket}/{s.prefix}/; "
-          f"{report.waiting} still waiting", file=sys.stderr)
+    print(
+        f"uploaded {len(report.uploaded)} part(s) to s3://{s.bucket}/{s.prefix}/; "
+        f"{report.waiting} still waiting",
+        file=sys.stderr,
+    )
     if report.failed:
         raise CaptaFlowError(report.failed)
     return 0
@@ -311,21 +331,28 @@ def cmd_status(args: argparse.Namespace) -> int:
             snap = {}
         if snap:
             age = time.time() - float(snap.get("written_at", 0))
-            print(f"last status ({age:.0f} s ago): {snap.get('state')}, source "
-                  f"{snap.get('source', {}).get('state')} {snap.get('source', {}).get('detail', '')}"
-                  .rstrip())
-            print(f"session: {snap.get('session_id')} on {snap.get('channel')}; "
-                  f"{snap.get('messages_total')} messages, {snap.get('readings_total')} readings, "
-                  f"dominant: {snap.get('dominant')}")
+            source = snap.get("source") or {}
+            link = f"{source.get('state')} {source.get('detail', '')}".rstrip()
+            print(f"last status ({age:.0f} s ago): {snap.get('state')}, source {link}")
+            print(
+                f"session: {snap.get('session_id')} on {snap.get('channel')}; "
+                f"{snap.get('messages_total')} messages, {snap.get('readings_total')} readings, "
+                f"dominant: {snap.get('dominant')}"
+            )
             if snap.get("upload_state"):
                 print(f"upload: {snap.get('upload_state')}")
             if snap.get("problem"):
                 print(f"problem: {snap.get('problem')}")
-    print(f"spool: {len(waiting)} part(s) waiting for upload, {len(uploaded)} uploaded, "
-          f"{len(corrupt)} set aside in {spool / 'corrupt'}" if corrupt else
-          f"spool: {len(waiting)} part(s) waiting for upload, {len(uploaded)} uploaded")
+    print(
+        f"spool: {len(waiting)} part(s) waiting for upload, {len(uploaded)} uploaded, "
+        f"{len(corrupt)} set aside in {spool / 'corrupt'}"
+        if corrupt
+        else f"spool: {len(waiting)} part(s) waiting for upload, {len(uploaded)} uploaded"
+    )
     bucket = settings.sync.bucket
-    print(f"sync: {'to s3://' + bucket + '/' + settings.sync.prefix if bucket else 'off (no bucket)'}")
+    print(
+        f"sync: {'to s3://' + bucket + '/' + settings.sync.prefix if bucket else 'off (no bucket)'}"
+    )
     print(f"model: {settings.model.dir}")
     print(f"data: {data_dir}")
     return 0
@@ -335,8 +362,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from agent.report import build_report
 
     settings = _settings(args)
-    out = Path(args.out) if args.out else Path(settings.data_dir) / "reports" / (
-        f"{args.session or 'latest'}.html"
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(settings.data_dir) / "reports" / (f"{args.session or 'latest'}.html")
     )
     path = build_report(
         Path(settings.spool.dir),

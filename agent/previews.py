@@ -55,7 +55,9 @@ def format_batch(reading: Reading, displayed: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def format_summary(readings: Sequence[Reading], displayed: Sequence[str], max_rows: int = 60) -> str:
+def format_summary(
+    readings: Sequence[Reading], displayed: Sequence[str], max_rows: int = 60
+) -> str:
     """All readings of the session as a table (pandas), with timestamps and the stream id."""
     if not readings:
         return "------- READINGS SUMMARY -------\n(no readings this session)"

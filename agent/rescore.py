@@ -26,8 +26,9 @@ class RescoreResult:
     parts: int
 
 
-def rescore_session(settings: Any, session_id: str, *, previews: Any = None,
-                    scorer: Any = None) -> RescoreResult:
+def rescore_session(
+    settings: Any, session_id: str, *, previews: Any = None, scorer: Any = None
+) -> RescoreResult:
     from agent.journal import Journal
     from agent.spool import Spool
 
@@ -36,8 +37,10 @@ def rescore_session(settings: Any, session_id: str, *, previews: Any = None,
         sessions = {s.session_id: s for s in journal.sessions()}
         if session_id not in sessions:
             known = ", ".join(sorted(sessions)[-5:]) or "none yet"
-            raise UsageError(f"no session {session_id!r} in the journal (latest: {known}); "
-                             f"see `captaflow status` or the report's session table")
+            raise UsageError(
+                f"no session {session_id!r} in the journal (latest: {known}); "
+                f"see `captaflow status` or the report's session table"
+            )
         info = sessions[session_id]
         deleted = journal.deleted_keys(session_id)
         entries = [e for e in journal.messages(session_id) if e.scorable and e.key not in deleted]
@@ -47,9 +50,13 @@ def rescore_session(settings: Any, session_id: str, *, previews: Any = None,
         from agent.scorer import Scorer
 
         m = settings.model
-        scorer = Scorer.open(Path(m.dir), threads=m.threads, cache_size=m.cache_size,
-                             translate_emotes=m.translate_emotes,
-                             emote_table=Path(m.emote_table) if m.emote_table else None)
+        scorer = Scorer.open(
+            Path(m.dir),
+            threads=m.threads,
+            cache_size=m.cache_size,
+            translate_emotes=m.translate_emotes,
+            emote_table=Path(m.emote_table) if m.emote_table else None,
+        )
     spool = Spool(Path(settings.spool.dir))
     n = 1
     while spool.batch_ids_in(f"{session_id}-r{n}"):
@@ -57,8 +64,11 @@ def rescore_session(settings: Any, session_id: str, *, previews: Any = None,
     new_id = f"{session_id}-r{n}"
     w = settings.window
     builder: WindowBuilder[Any] = WindowBuilder(
-        WindowPolicy(max_messages=w.messages or None, max_seconds=w.seconds or None,
-                     max_age=w.max_age_seconds)
+        WindowPolicy(
+            max_messages=w.messages or None,
+            max_seconds=w.seconds or None,
+            max_age=w.max_age_seconds,
+        )
     )
     windows = []
     for entry in entries:
@@ -79,10 +89,17 @@ def rescore_session(settings: Any, session_id: str, *, previews: Any = None,
             block = scores[offset : offset + len(items)]
             offset += len(items)
             reading = make_reading(
-                session_id=new_id, platform=info.platform, channel=info.channel,
-                batch_id=batch_id_for(e.key for e in items), seq=seq,
-                window_start=window.start, window_end=window.end, message_count=len(items),
-                scores=block, displayed=displayed, model_id=scorer.model_id,
+                session_id=new_id,
+                platform=info.platform,
+                channel=info.channel,
+                batch_id=batch_id_for(e.key for e in items),
+                seq=seq,
+                window_start=window.start,
+                window_end=window.end,
+                message_count=len(items),
+                scores=block,
+                displayed=displayed,
+                model_id=scorer.model_id,
                 agent_version=__version__,
             )
             spool.append(reading)

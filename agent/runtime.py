@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from agent import __version__
-from agent.audience import DEFAULT_BOTS, is_audience
-from agent.errors import CaptaFlowError, SettingsError
+from agent.audience import bot_names, is_audience
+from agent.errors import CaptaFlowError, SettingsError, SpoolError
 from agent.previews import ConsolePreviews
 from agent.vocab import (
     AgentState,
@@ -143,8 +143,9 @@ class Agent:
         self._done.clear()
         self._error = None
         self._set_status(state=AgentState.STARTING, problem=None)
-        self._thread = threading.Thread(target=self._thread_main, name="captaflow-agent",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._thread_main, name="captaflow-agent", daemon=True
+        )
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -168,10 +169,8 @@ class Agent:
 
     def run_forever(self) -> int:
         """Run in this thread (headless `captaflow run`); Ctrl-C stops cleanly."""
-        try:
+        with contextlib.suppress(KeyboardInterrupt):  # handled inside _main normally
             asyncio.run(self._main())
-        except KeyboardInterrupt:  # pragma: no cover - handled inside _main normally
-            pass
         if self._error is not None:
             raise self._error
         return 0
@@ -251,6 +250,7 @@ class _Pipeline:
         self.deleted_ids: set[str] = set()
         self.banned_authors: set[str] = set()
         self.event_time = 0.0
+        self.unconfirmed: list[str] = []
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -288,8 +288,15 @@ class _Pipeline:
     async def _peek_replay(self) -> ChatMessage | None:
         from agent.sources import make_source
 
-        probe = make_source("replay", channel=self.s.source.channel or "", server_url=None,
-                            file=Path(self.s.source.file), speed="max", token=None, mapping=None)
+        probe = make_source(
+            "replay",
+            channel=self.s.source.channel or "",
+            server_url=None,
+            file=Path(self.s.source.file),
+            speed="max",
+            token=None,
+            mapping=None,
+        )
         try:
             async for message in probe.messages():
                 return message
@@ -330,7 +337,7 @@ class _Pipeline:
                 self.platform, self.channel, now=time.time()
             )
             self.agent.session_id = self.session_id
-            self.bots = frozenset(b.lower() for b in (*DEFAULT_BOTS, *s.audience.bots))
+            self.bots = bot_names(s.audience.bots)
             self.policy = WindowPolicy(
                 max_messages=s.window.messages or None,
                 max_seconds=s.window.seconds or None,
@@ -358,9 +365,9 @@ class _Pipeline:
                 s.source.kind,
                 channel=self.channel,
                 server_url=s.source.server_url or None,
-                file=Path(s.source.file) if s.source.file else None,
+                file=s.source.file,
                 speed=s.source.speed,
-                token=s.source_token,
+                token=s.secrets().twitch_token if s.source.kind == "twitch" else None,
                 mapping=dict(s.source.mapping) if s.source.mapping else None,
                 on_status=self.agent._on_source_status,
                 on_moderation=self._on_moderation,
@@ -388,9 +395,22 @@ class _Pipeline:
             with contextlib.suppress(asyncio.CancelledError):
                 await scoring
             await self._score_pending()
-            sealed = self.spool.seal_open()
+            try:
+                sealed = self.spool.seal_open()
+            except SpoolError as exc:
+                # The journal still holds those messages as assigned: a restart with free
+                # disk scores them again. Nothing collected is dropped.
+                log.error("%s", exc)
+                raise
             if sealed is not None:
                 log.info("sealed %s", sealed)
+            self._confirm_written()
+            self.agent._set_status(
+                parts_waiting=len(self.spool.sealed_parts()),
+                readings_total=len(self.stats.readings),
+                messages_total=self.stats.messages,
+                duplicates_total=self.stats.duplicates,
+            )
             self.journal.end_session(self.session_id, now=time.time())
             if self.agent.previews is not None:
                 self.agent.previews.summary(self.stats.readings)
@@ -420,13 +440,13 @@ class _Pipeline:
                             ScoringJob(p.batch_id, p.seq, items, items[0].at, items[-1].at)
                         )
                 await self._score_pending()
-            log.info("recovered %d batches after a restart (%d re-scored)", len(pending),
-                     len(redo))
+            log.info("recovered %d batches after a restart (%d re-scored)", len(pending), len(redo))
         # Messages journaled but never put in a window are windowed again.
         for entry in self.journal.unassigned(self.session_id):
             if entry.scorable:
-                self.builder.add(WindowItem(entry.key, entry.text, entry.sent_at, entry.author),
-                                 entry.sent_at)
+                self.builder.add(
+                    WindowItem(entry.key, entry.text, entry.sent_at, entry.author), entry.sent_at
+                )
                 self.event_time = max(self.event_time, entry.sent_at)
 
     # -- ingestion ---------------------------------------------------------------------------
@@ -454,8 +474,7 @@ class _Pipeline:
             self.event_time = max(self.event_time, message.sent_at)
             self._close_windows(
                 self.builder.add(
-                    WindowItem(message.message_id, message.text, message.sent_at,
-                               message.author),
+                    WindowItem(message.message_id, message.text, message.sent_at, message.author),
                     message.sent_at,
                 )
             )
@@ -533,23 +552,43 @@ class _Pipeline:
             scores = await asyncio.to_thread(self.scorer.score, texts)
             elapsed = max(time.perf_counter() - started, 1e-6)
             rate = len(texts) / elapsed
-            self.scorer_rate = rate if self.scorer_rate == 0 else 0.7 * self.scorer_rate + 0.3 * rate
+            self.scorer_rate = (
+                rate if self.scorer_rate == 0 else 0.7 * self.scorer_rate + 0.3 * rate
+            )
             offset = 0
-            confirmed = []
             for job, items in zip(jobs, chosen, strict=True):
                 block = scores[offset : offset + len(items)]
                 offset += len(items)
                 reading = self._reading_for(job, block)
-                self.spool.append(reading)
-                confirmed.append(job.batch_id)
+                self._append(reading)
                 self.stats.readings.append(reading)
                 if self.agent.previews is not None:
                     for item, row in zip(items, block, strict=True):
                         self.agent.previews.message(item.text, row)
                     self.agent.previews.batch(reading)
-            self.journal.confirm(confirmed)
+            self._confirm_written()
             if self.stats.readings:
                 self.agent._set_status(dominant=self.stats.readings[-1].dominant)
+
+    def _append(self, reading: Reading) -> None:
+        """Spool a reading; a full disk keeps it in memory (the spool retries) and says so."""
+        self.unconfirmed.append(reading.batch_id)
+        try:
+            self.spool.append(reading)
+        except SpoolError as exc:
+            log.error("%s", exc)
+            self.agent._set_status(state=AgentState.TROUBLE, problem=str(exc))
+
+    def _confirm_written(self) -> None:
+        # Only readings that reached the part file are confirmed; the rest stay 'assigned',
+        # so a restart finds them (in the spool, or not: then they are scored again).
+        if self.spool.pending:
+            return
+        if self.unconfirmed:
+            self.journal.confirm(self.unconfirmed)
+            self.unconfirmed = []
+            if self.agent.status().problem and "disk" in (self.agent.status().problem or ""):
+                self.agent._set_status(state=AgentState.RUNNING, problem=None)
 
     def _reading_for(self, job: ScoringJob, scores: np.ndarray) -> Reading:
         return make_reading(
@@ -577,12 +616,15 @@ class _Pipeline:
         from agent.sync import S3ObjectStore, Uploader
 
         store = S3ObjectStore(sync.bucket, region=sync.region or None)
-        uploader = Uploader(Path(self.s.spool.dir), store, sync.prefix,
-                            interval=sync.interval_seconds)
+        uploader = Uploader(
+            Path(self.s.spool.dir), store, sync.prefix, interval=sync.interval_seconds
+        )
         self.agent._uploader = uploader
         self.agent._uploader_stop.clear()
         thread = threading.Thread(
-            target=uploader.run, args=(self.agent._uploader_stop,), name="captaflow-sync",
+            target=uploader.run,
+            args=(self.agent._uploader_stop,),
+            name="captaflow-sync",
             daemon=True,
         )
         self.agent._uploader_thread = thread

@@ -71,7 +71,9 @@ class ChatMessage:
     """One chat message as any source delivers it.
 
     `message_id` is the platform's own id where it has one, else `content_message_id(...)`;
-    it is the dedup key. Times are UNIX seconds (UTC).
+    it is the dedup key. `author` is the platform's stable user id where it has one (what
+    moderation events name), else the login; `author_name` is the login or display name, for
+    telling bots apart. Times are UNIX seconds (UTC).
     """
 
     platform: str
@@ -82,6 +84,7 @@ class ChatMessage:
     sent_at: float
     received_at: float
     action: bool = False
+    author_name: str = ""
 
 
 def format_timestamp(unix_seconds: float) -> str:

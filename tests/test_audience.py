@@ -57,3 +57,18 @@ def test_commands_can_be_kept_for_scoring() -> None:
 def test_people_whose_names_merely_contain_a_bot_name_are_audience() -> None:
     assert is_audience(chat("nightbotfan", "LULW"), bots=KNOWN_BOTS)
     assert is_audience(chat("not_moobot", "LULW"), bots=KNOWN_BOTS)
+
+
+def test_a_twitch_bot_is_told_apart_by_login_though_author_is_its_user_id() -> None:
+    from agent.sources.irc import TwitchChatProtocol
+
+    protocol = TwitchChatProtocol("somechannel", now=lambda: 1_700_000_000.0)
+    protocol.receive_text(
+        "@badge-info=;badges=moderator/1;display-name=Nightbot;id=7b1c0a44-0000-4000-8000-"
+        "000000000001;mod=1;tmi-sent-ts=1700000000000;user-id=19264788 "
+        ":nightbot!nightbot@nightbot.tmi.twitch.tv PRIVMSG #somechannel :Follow the rules!\r\n"
+    )
+    [message] = [e for e in protocol.events_received() if isinstance(e, ChatMessage)]
+    assert message.author == "19264788"  # moderation events name users by id
+    assert message.author_name == "nightbot"
+    assert not is_audience(message, bots=bot_names())

@@ -223,7 +223,17 @@ def test_privmsg_becomes_a_chat_message() -> None:
         "PRIVMSG #xqcow :\x01ACTION dances\x01\r\n"
     )
     assert proto.events_received() == [
-        ChatMessage("twitch", "xqcow", "abc", "42", "dances", 1568505600.501, 2000.5, True)
+        ChatMessage(
+            "twitch",
+            "xqcow",
+            "abc",
+            "42",
+            "dances",
+            1568505600.501,
+            2000.5,
+            True,
+            author_name="onche",
+        )
     ]
 
 

@@ -526,6 +526,7 @@ class TwitchChatProtocol:
                 sent_at=sent_at,
                 received_at=now,
                 action=action,
+                author_name=login,
             )
         )
 
