@@ -497,7 +497,7 @@ class S3ObjectStore:
                 config = Config(
                     connect_timeout=CONNECT_TIMEOUT,
                     read_timeout=READ_TIMEOUT,
-                    retries={"mode": "standard", "max_attempts": 1},
+                    retries={"mode": "standard", "total_max_attempts": 1},
                     user_agent_extra=f"CaptaFlow/{__version__}",
                 )
                 region = self.region or session.region_name or "us-east-1"
@@ -640,6 +640,7 @@ class Uploader:
         interval: float = 30.0,
         policy: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_report: Callable[[SyncReport], None] | None = None,
     ) -> None:
         self.spool_dir = Path(spool_dir)
         self.store = store
@@ -647,6 +648,8 @@ class Uploader:
         self.interval = interval
         self.policy = policy or RetryPolicy()
         self.clock = clock
+        # Called after every pass (e.g. to publish status); runs on the uploading thread.
+        self.on_report = on_report
         self._wake = threading.Event()
         self._sync_lock = threading.Lock()  # one pass at a time (run thread vs `sync now`)
         self._status_lock = threading.Lock()
@@ -696,7 +699,10 @@ class Uploader:
         needs the user. `progress(done, total)` is called before the first and after each part.
         """
         with self._sync_lock:
-            return self._sync_once(progress, stop)
+            report = self._sync_once(progress, stop)
+        if self.on_report is not None:
+            self.on_report(report)
+        return report
 
     def _sync_once(self, progress: Progress | None, stop: threading.Event | None) -> SyncReport:
         try:
@@ -804,7 +810,8 @@ class Uploader:
         """
         failures_in_a_row = 0
         while not stop.is_set():
-            report = self.sync_once(stop=stop)
+            with self._sync_lock:
+                report = self._sync_once(None, stop)
             if stop.is_set():
                 break
             if report.failed is None:
@@ -817,5 +824,7 @@ class Uploader:
                 failures_in_a_row += 1
                 delay = self.policy.retry_delay(failures_in_a_row)
             self._set(next_attempt_at=self.clock() + delay)
+            if self.on_report is not None:
+                self.on_report(report)
             self._wake.wait(delay)
             self._wake.clear()
