@@ -6,11 +6,15 @@ returns it): no files, no clock. All thresholds below are fields of `MomentParam
 Method, per session and per series (each displayed emotion's mean probability, and the
 message rate in messages per minute):
 
-1. **Series.** An emotion's value is the reading's mean probability of that label. Readings
-   that scored fewer than `min_scored` messages are left out of emotion series (both as
-   candidates and in the baseline): the mean of one or two messages is noise, not a mood.
-   The message rate of a reading is ``60 * message_count / max(window_end - window_start,
-   rate_min_window_seconds)``; every reading counts for it.
+1. **Series.** Each reading is first pooled with the readings that started less than
+   `smooth_seconds` before its end (itself included), so that a chart of one reading per
+   second, where each reading holds a handful of messages, is judged on about ten seconds of
+   chat rather than on single noisy readings; readings as long as `smooth_seconds` or longer
+   stand alone. Over that pool, an emotion's value is its mean probability over all scored
+   messages (the readings' means weighted by scored count), left out when fewer than
+   `min_scored` messages were scored: the mean of one or two messages is noise, not a mood.
+   The message rate is ``60 * messages / max(pool span, rate_min_window_seconds)`` messages
+   per minute, the pool span running from its first reading's start to this reading's end.
 2. **Baseline.** For each reading, the readings whose start lies in the previous
    `baseline_minutes` (the reading itself excluded) give a median ``m`` and a robust spread
    ``s = IQR / 1.349`` (the interquartile range scaled so that ``s`` is the standard deviation
@@ -32,6 +36,13 @@ message rate in messages per minute):
    `merge_gap_seconds`; a larger gap starts a new moment. Different series are never merged:
    a hype moment usually shows as a joy moment and a message-rate moment at the same time,
    and both are listed.
+
+   A moment starts at the first reading of its first spike reading's pool that on its own
+   rose by the minimum lift over the baseline (pooling makes a spike cross the threshold a
+   few seconds late; the VOD time should point at its beginning), and ends at its last spike
+   reading's end. A moment shorter than `min_moment_seconds` is dropped: one short window of
+   chat that happens to be busy or one-sided is noise, not something to clip (chat is bursty:
+   message counts have a heavier tail than the normal curve the z-score assumes).
 6. **Ranking.** A moment's strength is the z-score of its strongest reading (its peak); the
    ratio ``value / baseline`` and the lift are reported beside it. Moments are ranked by peak
    z (ties: larger lift first) and the top `top_n` kept.
@@ -67,11 +78,13 @@ class MomentParams:
     emotion_min_lift: float = 0.10
     emotion_scale_floor: float = 0.02
     min_scored: int = 3
+    smooth_seconds: float = 10.0
     rate_min_lift: float = 5.0
     rate_min_ratio: float = 2.0
     rate_scale_floor: float = 1.0
     rate_min_window_seconds: float = 1.0
     merge_gap_seconds: float = 30.0
+    min_moment_seconds: float = 10.0
     top_n: int = 10
 
     def __post_init__(self) -> None:
@@ -129,10 +142,46 @@ def format_vod_time(seconds: float) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}"
 
 
-def message_rate(readings: pd.DataFrame, min_window_seconds: float = 1.0) -> pd.Series:
-    """Messages per minute of each reading (see the module docstring, step 1)."""
-    duration = (readings["window_end"] - readings["window_start"]).clip(lower=min_window_seconds)
-    return 60.0 * readings["message_count"].astype(float) / duration
+def smoothed_series(
+    readings: pd.DataFrame, labels: Iterable[str], params: MomentParams | None = None
+) -> dict[str, np.ndarray]:
+    """Step 1 of the method for one session's readings, sorted by window_start: each label's
+    pooled mean (NaN where too few messages were scored) and MESSAGE_RATE in messages/min."""
+    params = params or MomentParams()
+    starts = readings["window_start"].to_numpy(dtype=float)
+    ends = readings["window_end"].to_numpy(dtype=float)
+    first = _pool_first(starts, ends, params.smooth_seconds)
+
+    def pooled(values: np.ndarray) -> np.ndarray:
+        running = np.concatenate(([0.0], np.cumsum(values, dtype=float)))
+        return running[np.arange(1, len(values) + 1)] - running[first]
+
+    scored = readings["scored_count"].to_numpy(dtype=float).clip(min=0)
+    scored_pool = pooled(scored)
+    series: dict[str, np.ndarray] = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for label in labels:
+            means = pooled(readings[label].to_numpy(dtype=float) * scored) / scored_pool
+            series[label] = np.where(scored_pool >= params.min_scored, means, np.nan)
+    span = np.maximum(ends - starts[first], params.rate_min_window_seconds)
+    series[MESSAGE_RATE] = 60.0 * pooled(readings["message_count"].to_numpy(dtype=float)) / span
+    return series
+
+
+def _pool_first(starts: np.ndarray, ends: np.ndarray, smooth_seconds: float) -> np.ndarray:
+    """The pool of reading i is readings first[i]..i: those starting after ends[i] - smooth."""
+    found = np.searchsorted(starts, ends - smooth_seconds, side="right")
+    return np.minimum(found, np.arange(len(starts)))
+
+
+def _unpooled(readings: pd.DataFrame, kind: str, params: MomentParams) -> np.ndarray:
+    """Each reading's own value of a series (no pooling), to time a moment's start."""
+    if kind == MESSAGE_RATE:
+        duration = (readings["window_end"] - readings["window_start"]).to_numpy(dtype=float)
+        counts = readings["message_count"].to_numpy(dtype=float)
+        return 60.0 * counts / np.maximum(duration, params.rate_min_window_seconds)
+    values = readings[kind].to_numpy(dtype=float)
+    return np.where(readings["scored_count"].to_numpy() > 0, values, np.nan)
 
 
 def detect_moments(
@@ -176,38 +225,23 @@ def _session_moments(
     starts = session["window_start"].to_numpy(dtype=float)
     ends = session["window_end"].to_numpy(dtype=float)
     index = pd.DatetimeIndex(pd.to_datetime(starts, unit="s"))
-    enough_scored = session["scored_count"].to_numpy() >= params.min_scored
+    series = smoothed_series(session, labels, params)
+    timing = _Timing(starts, ends, _pool_first(starts, ends, params.smooth_seconds), stream_start)
 
     found: list[Moment] = []
-    for label in labels:
-        values = np.where(enough_scored, session[label].to_numpy(dtype=float), np.nan)
+    for kind, values in series.items():
+        is_rate = kind == MESSAGE_RATE
         flags, z, baseline = _spikes(
             values,
             index,
             params,
-            floor=params.emotion_scale_floor,
-            min_lift=params.emotion_min_lift,
-            min_ratio=None,
+            floor=params.rate_scale_floor if is_rate else params.emotion_scale_floor,
+            min_lift=params.rate_min_lift if is_rate else params.emotion_min_lift,
+            min_ratio=params.rate_min_ratio if is_rate else None,
         )
-        found.extend(
-            _merge(
-                session_id, label, flags, z, values, baseline, starts, ends, params, stream_start
-            )
-        )
-    rate = message_rate(session, params.rate_min_window_seconds).to_numpy(dtype=float)
-    flags, z, baseline = _spikes(
-        rate,
-        index,
-        params,
-        floor=params.rate_scale_floor,
-        min_lift=params.rate_min_lift,
-        min_ratio=params.rate_min_ratio,
-    )
-    found.extend(
-        _merge(
-            session_id, MESSAGE_RATE, flags, z, rate, baseline, starts, ends, params, stream_start
-        )
-    )
+        lift = params.rate_min_lift if is_rate else params.emotion_min_lift
+        spike = _Spike(flags, z, values, baseline, _unpooled(session, kind, params), lift)
+        found.extend(_merge(session_id, kind, spike, timing, params))
     return found
 
 
@@ -240,19 +274,29 @@ def _spikes(
     return flags, z, median
 
 
+@dataclass(frozen=True, slots=True)
+class _Timing:
+    starts: np.ndarray
+    ends: np.ndarray
+    pool_first: np.ndarray
+    stream_start: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Spike:
+    flags: np.ndarray
+    z: np.ndarray
+    values: np.ndarray  # pooled
+    baseline: np.ndarray
+    unpooled: np.ndarray
+    min_lift: float
+
+
 def _merge(
-    session_id: str,
-    kind: str,
-    flags: np.ndarray,
-    z: np.ndarray,
-    values: np.ndarray,
-    baseline: np.ndarray,
-    starts: np.ndarray,
-    ends: np.ndarray,
-    params: MomentParams,
-    stream_start: float,
+    session_id: str, kind: str, spike: _Spike, timing: _Timing, params: MomentParams
 ) -> list[Moment]:
-    positions = np.flatnonzero(flags)
+    starts, ends = timing.starts, timing.ends
+    positions = np.flatnonzero(spike.flags)
     if positions.size == 0:
         return []
     # A new group begins where the gap since the previous spike reading's end is too large.
@@ -260,21 +304,35 @@ def _merge(
     breaks = np.flatnonzero(gaps > params.merge_gap_seconds) + 1
     moments = []
     for group in np.split(positions, breaks):
-        peak = int(group[np.argmax(z[group])])
-        start = float(starts[group[0]])
+        start = float(starts[_onset(group[0], spike, timing)])
+        end = float(ends[group[-1]])
+        if end - start < params.min_moment_seconds:
+            continue
+        peak = int(group[np.argmax(spike.z[group])])
         moments.append(
             Moment(
                 session_id=session_id,
                 kind=kind,
                 start=start,
-                end=float(ends[group[-1]]),
+                end=end,
                 peak=float(starts[peak]),
-                start_offset=start - stream_start,
-                peak_offset=float(starts[peak]) - stream_start,
-                value=float(values[peak]),
-                baseline=float(baseline[peak]),
-                z=float(z[peak]),
+                start_offset=start - timing.stream_start,
+                peak_offset=float(starts[peak]) - timing.stream_start,
+                value=float(spike.values[peak]),
+                baseline=float(spike.baseline[peak]),
+                z=float(spike.z[peak]),
                 readings=int(group.size),
             )
         )
     return moments
+
+
+def _onset(first_spike: int, spike: _Spike, timing: _Timing) -> int:
+    """The first reading of the spike's first pool that itself rose by the minimum lift.
+
+    Pooling makes a spike cross the threshold a few readings after it began; the VOD time
+    should point at the beginning."""
+    pool = np.arange(timing.pool_first[first_spike], first_spike + 1)
+    with np.errstate(invalid="ignore"):
+        risen = spike.unpooled[pool] - spike.baseline[first_spike] >= spike.min_lift
+    return int(pool[np.argmax(risen)]) if risen.any() else first_spike

@@ -11,7 +11,7 @@ from agent.moments import (
     MomentParams,
     detect_moments,
     format_vod_time,
-    message_rate,
+    smoothed_series,
 )
 from agent.vocab import LABELS
 
@@ -200,11 +200,44 @@ def test_unknown_label_is_refused() -> None:
         detect_moments(flat_readings(10), displayed=("joy", "glee"))
 
 
-def test_message_rate_per_minute_with_a_floor_on_window_length() -> None:
+def test_one_second_readings_are_pooled_over_the_smoothing_window() -> None:
+    n = 30
+    starts = T0 + np.arange(n, dtype=float)
     frame = pd.DataFrame(
-        {"window_start": [0.0, 10.0], "window_end": [30.0, 10.0], "message_count": [15, 2]}
+        {
+            "window_start": starts,
+            "window_end": starts + 1.0,
+            "message_count": [1, 5] * (n // 2),  # 180 messages/min on average
+            "scored_count": [1, 2] * (n // 2),
+            "joy": [0.9, 0.3] * (n // 2),
+        }
     )
-    assert message_rate(frame).tolist() == [30.0, 120.0]
+    series = smoothed_series(frame, ("joy",), MomentParams(smooth_seconds=10))
+    # The pool of reading i: readings that started less than 10 s before its end (i-8 .. i).
+    for i in range(n):
+        pool = frame.iloc[max(0, i - 8) : i + 1]
+        span = pool["window_end"].iloc[-1] - pool["window_start"].iloc[0]
+        assert series[MESSAGE_RATE][i] == pytest.approx(60 * pool["message_count"].sum() / span)
+        scored = pool["scored_count"].sum()
+        if scored >= 3:
+            mean = (pool["joy"] * pool["scored_count"]).sum() / scored
+            assert series["joy"][i] == pytest.approx(mean)
+        else:
+            assert np.isnan(series["joy"][i])
+    assert series[MESSAGE_RATE][0] == 60.0 and np.isnan(series["joy"][0])
+    assert series["joy"][1] == pytest.approx(0.5)
+
+
+def test_long_readings_are_not_pooled() -> None:
+    frame = flat_readings(5)  # five-second readings, shorter than smooth_seconds
+    long = flat_readings(5).assign(window_end=lambda f: f["window_start"] + 30.0)
+    long["window_start"] = T0 + np.arange(len(long)) * 30.0
+    long["window_end"] = long["window_start"] + 30.0
+    long.loc[3, "message_count"] = 25
+    pooled = smoothed_series(long, ("joy",))
+    assert pooled["joy"] == pytest.approx(long["joy"].to_numpy())
+    assert pooled[MESSAGE_RATE][2:5].tolist() == [20.0, 50.0, 20.0]
+    assert len(smoothed_series(frame, ())[MESSAGE_RATE]) == len(frame)
 
 
 @pytest.mark.parametrize(
@@ -219,3 +252,14 @@ def test_message_rate_per_minute_with_a_floor_on_window_length() -> None:
 )
 def test_format_vod_time(seconds: float, text: str) -> None:
     assert format_vod_time(seconds) == text
+
+
+def test_a_blip_shorter_than_the_minimum_moment_is_dropped() -> None:
+    frame = flat_readings(60)
+    offset = frame["window_start"] - T0
+    frame.loc[(offset >= 1800) & (offset < 1805), "message_count"] = 60  # one 5 s window
+    frame.loc[(offset >= 2400) & (offset < 2415), "message_count"] = 60  # three windows
+    moments = detect_moments(frame)
+    assert [(m.kind, m.vod_time) for m in moments] == [(MESSAGE_RATE, "00:40:00")]
+    with_blips = detect_moments(frame, params=MomentParams(min_moment_seconds=0))
+    assert sorted(m.vod_time for m in with_blips) == ["00:30:00", "00:40:00"]
