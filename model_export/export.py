@@ -185,29 +185,25 @@ def _first_line(exc: BaseException) -> str:
 
 
 def translate_load_error(exc: BaseException, model_id: str, revision: str | None) -> ExportError:
-    """One line for a failure to fetch or open the source model."""
+    """One line for a failure to find or download the source model on the Hub."""
     from huggingface_hub import errors as hub_errors
 
     chain = list(_cause_chain(exc))
-    names = {type(e).__name__ for e in chain}
-    text = " ".join(str(e) for e in chain)
-    if any(isinstance(e, hub_errors.RevisionNotFoundError) for e in chain) or (
-        revision and "is not a valid git identifier" in text
-    ):
+
+    def raised(kind: type[BaseException]) -> bool:
+        return any(isinstance(e, kind) for e in chain)
+
+    if raised(hub_errors.RevisionNotFoundError):
         return ExportError(
             f"revision {revision!r} of model {model_id!r} does not exist on the "
             f"Hugging Face Hub: check --revision (a branch, tag or commit)"
         )
-    if any(isinstance(e, hub_errors.GatedRepoError) for e in chain):
+    if raised(hub_errors.GatedRepoError):  # before its base class RepositoryNotFoundError
         return ExportError(
             f"model {model_id!r} is gated on the Hugging Face Hub: accept its "
             f"terms on huggingface.co and log in with `hf auth login`"
         )
-    if any(isinstance(e, hub_errors.RepositoryNotFoundError) for e in chain) or (
-        "is not a valid model identifier" in text
-        and "offline" not in text.lower()
-        and "connect" not in text
-    ):
+    if raised(hub_errors.RepositoryNotFoundError):
         return ExportError(
             f"model {model_id!r} was not found on the Hugging Face Hub (or is "
             f"private): check --model-id (the default is {MODEL_ID})"
@@ -217,23 +213,20 @@ def translate_load_error(exc: BaseException, model_id: str, revision: str | None
             f"no space left on the disk while downloading {model_id!r}: free "
             f"about 2 GB (Hugging Face cache and --out) and run again"
         )
-    offline_markers = (
-        "LocalEntryNotFoundError",
-        "OfflineModeIsEnabled",
-        "ConnectionError",
-        "ConnectError",
-        "Timeout",
-        "ReadTimeout",
-    )
-    if names & set(offline_markers) or "connect" in text or "offline" in text.lower():
+    if (
+        raised(hub_errors.OfflineModeIsEnabled)
+        or raised(ConnectionError)
+        or raised(OSError)
+        or (raised(TimeoutError))
+    ):
         return ExportError(
             f"could not download {model_id!r} from the Hugging Face Hub (offline, or the Hub "
             f"is unreachable): connect to the internet and run again; it downloads about "
             f"500 MB once"
         )
     return ExportError(
-        f"could not load model {model_id!r}: {_first_line(exc)}: check "
-        f"--model-id and --revision, or run with --debug for details"
+        f"could not fetch model {model_id!r} ({_first_line(exc)}): check --model-id and "
+        f"--revision, or run with --debug for details"
     )
 
 
@@ -270,29 +263,90 @@ class _Stages:
 # The steps.
 
 
-def _load_source(source: str, revision: str | None, threads: int) -> tuple[Any, Any]:
+# What the export needs from a model repository: config, tokenizer files, one set of weights.
+_CONFIG_AND_TOKENIZER = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "sentencepiece.bpe.model",
+)
+
+
+def fetch_source(model_id: str, revision: str | None) -> tuple[Path, str]:
+    """Download (or find in the Hugging Face cache) what the export needs of `model_id`.
+
+    Returns the local snapshot directory and the commit it holds. Talking to the Hub
+    before importing torch makes a wrong id or no network fail in seconds, with a clear line.
+    """
+    from huggingface_hub import HfApi, snapshot_download
+
+    try:
+        info = HfApi().model_info(model_id, revision=revision, files_metadata=True)
+    except Exception as exc:
+        try:
+            # Offline, but exported before: the cache may hold everything already.
+            cached = snapshot_download(
+                model_id,
+                revision=revision,
+                local_files_only=True,
+                allow_patterns=[*_CONFIG_AND_TOKENIZER, "*.safetensors", "pytorch_model.bin"],
+            )
+        except Exception:
+            raise translate_load_error(exc, model_id, revision) from exc
+        return Path(cached), Path(cached).name
+    siblings = {s.rfilename: s.size or 0 for s in info.siblings or []}
+    safetensors = [name for name in siblings if name.endswith(".safetensors")]
+    weights = safetensors or [name for name in siblings if name == "pytorch_model.bin"]
+    if not weights or "config.json" not in siblings:
+        raise ExportError(
+            f"model {model_id!r} has no PyTorch weights or config.json on the "
+            f"Hub: use --model-id {MODEL_ID}"
+        )
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    cache = Path(HF_HUB_CACHE)
+    cache.mkdir(parents=True, exist_ok=True)
+    needed = sum(siblings[name] for name in weights)
+    free = shutil.disk_usage(cache).free
+    if free < needed:
+        raise ExportError(
+            f"{cache} has {free / 1e6:.0f} MB free but {model_id!r} needs "
+            f"{needed / 1e6:.0f} MB: free some space (or set HF_HOME elsewhere)"
+        )
+    try:
+        path = snapshot_download(
+            model_id, revision=info.sha, allow_patterns=[*_CONFIG_AND_TOKENIZER, *weights]
+        )
+    except Exception as exc:
+        raise translate_load_error(exc, model_id, revision) from exc
+    return Path(path), str(info.sha)
+
+
+def _load_source(directory: str, threads: int) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     torch.set_num_threads(max(1, threads))
-    local = Path(source).is_dir()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, use_fast=True)
+        tokenizer = AutoTokenizer.from_pretrained(directory, use_fast=True)
         # Eager attention exports as plain MatMul/Softmax, the pattern onnxruntime's fusion
         # recognises; SDPA exports differently and would stay unfused (slower).
         model = AutoModelForSequenceClassification.from_pretrained(
-            source, revision=revision, attn_implementation="eager"
+            directory, attn_implementation="eager"
         )
     except Exception as exc:
-        if local:
-            raise ExportError(
-                f"could not load the model in {source}: {_first_line(exc)}: "
-                f"rebuild it or point --model-id at a model directory"
-            ) from exc
-        raise translate_load_error(exc, source, revision) from exc
+        raise ExportError(
+            f"could not load the model in {directory} ({_first_line(exc)}): delete it and "
+            f"run again, or pass --model-id {MODEL_ID}"
+        ) from exc
     if not getattr(tokenizer, "is_fast", False):
         raise ExportError(
-            f"model {source!r} has no fast tokenizer, so no tokenizer.json can "
+            f"the model in {directory} has no fast tokenizer, so no tokenizer.json can "
             f"be written: CaptaFlow needs a RoBERTa/BERT-style model"
         )
     return tokenizer, model.eval()
@@ -499,8 +553,17 @@ def export_bundle(
         work.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
-        with stage(f"loading {source}" + (f" at revision {revision}" if revision else "")):
-            tokenizer, model = _load_source(source, revision, threads)
+        local_dir = source
+        if not Path(source).is_dir():
+            with stage(
+                f"downloading {source}"
+                + (f" at revision {revision}" if revision else "")
+                + " from the Hugging Face Hub"
+            ):
+                snapshot, commit = fetch_source(source, revision)
+                local_dir, source_revision = str(snapshot), source_revision or commit
+        with stage(f"loading {source} into PyTorch"):
+            tokenizer, model = _load_source(local_dir, threads)
             check_source_config(model.config, source, max_length)
             _check_disk(out.parent, model)
         with stage("exporting to ONNX (fp32) with optimum"):
@@ -547,7 +610,7 @@ def export_bundle(
         with stage("publishing the bundle"):
             manifest = Manifest(
                 source_model_id=source_model_id or source,
-                source_revision=source_revision or _resolved_revision(model, revision),
+                source_revision=source_revision or revision or "local",
                 labels=LABELS,
                 max_length=max_length,
                 pad_token_id=int(tokenizer.pad_token_id),
@@ -576,13 +639,6 @@ def export_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
-
-
-def _resolved_revision(model: Any, requested: str | None) -> str:
-    # transformers records the commit it actually downloaded; pinning that makes a bundle
-    # reproducible even when --revision was a branch name.
-    commit = getattr(model.config, "_commit_hash", None)
-    return str(commit or requested or "local")
 
 
 def _parity(

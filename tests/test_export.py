@@ -7,6 +7,7 @@ and at what the bundle loader and the command line do with broken input.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from model_export.export import (
     export_bundle,
     onnx_probabilities,
     torch_probabilities,
+    translate_load_error,
 )
 from model_export.parity import (
     RANDOM_MODEL_TOLERANCE,
@@ -287,6 +289,33 @@ def test_unknown_model_fails_with_one_helpful_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert [line for line in lines if line.startswith("error")] == [lines[-1]]
     assert not (tmp_path / "out").exists()
+
+
+def _hub_error(kind: str) -> BaseException:
+    from huggingface_hub import errors as hub_errors
+
+    if kind == "offline":
+        return hub_errors.OfflineModeIsEnabled("offline mode is enabled")
+    if kind == "disk":
+        return OSError(errno.ENOSPC, "No space left on device")
+    return getattr(hub_errors, kind)("404 Client Error", response=None)
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("RepositoryNotFoundError", "was not found on the Hugging Face Hub"),
+        ("RevisionNotFoundError", "revision 'v9' of model 'a/b' does not exist"),
+        ("GatedRepoError", "is gated"),
+        ("offline", "connect to the internet"),
+        ("disk", "no space left"),
+    ],
+)
+def test_hub_failures_become_one_line_that_says_what_to_do(kind: str, expected: str) -> None:
+    error = translate_load_error(_hub_error(kind), "a/b", "v9")
+    assert isinstance(error, ExportError)
+    assert expected in str(error)
+    assert "\n" not in str(error)
 
 
 @pytest.mark.parametrize(
