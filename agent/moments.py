@@ -38,11 +38,12 @@ message rate in messages per minute):
    and both are listed.
 
    A moment starts at the first reading of its first spike reading's pool that on its own
-   rose by the minimum lift over the baseline (pooling makes a spike cross the threshold a
-   few seconds late; the VOD time should point at its beginning), and ends at its last spike
-   reading's end. A moment shorter than `min_moment_seconds` is dropped: one short window of
-   chat that happens to be busy or one-sided is noise, not something to clip (chat is bursty:
-   message counts have a heavier tail than the normal curve the z-score assumes).
+   (unpooled) reaches the value that made that reading a spike (pooling makes a spike cross
+   the threshold a few seconds late; the VOD time should point at its beginning), and ends
+   at its last spike reading's end. A moment shorter than `min_moment_seconds` is dropped:
+   one short window of chat that happens to be busy or one-sided is noise, not something to
+   clip (chat is bursty: message counts have a heavier tail than the normal curve the
+   z-score assumes).
 6. **Ranking.** A moment's strength is the z-score of its strongest reading (its peak); the
    ratio ``value / baseline`` and the lift are reported beside it. Moments are ranked by peak
    z (ties: larger lift first) and the top `top_n` kept.
@@ -231,7 +232,7 @@ def _session_moments(
     found: list[Moment] = []
     for kind, values in series.items():
         is_rate = kind == MESSAGE_RATE
-        flags, z, baseline = _spikes(
+        flags, z, baseline, threshold = _spikes(
             values,
             index,
             params,
@@ -239,8 +240,7 @@ def _session_moments(
             min_lift=params.rate_min_lift if is_rate else params.emotion_min_lift,
             min_ratio=params.rate_min_ratio if is_rate else None,
         )
-        lift = params.rate_min_lift if is_rate else params.emotion_min_lift
-        spike = _Spike(flags, z, values, baseline, _unpooled(session, kind, params), lift)
+        spike = _Spike(flags, z, values, baseline, _unpooled(session, kind, params), threshold)
         found.extend(_merge(session_id, kind, spike, timing, params))
     return found
 
@@ -253,8 +253,9 @@ def _spikes(
     floor: float,
     min_lift: float,
     min_ratio: float | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per reading: is it a spike reading, its robust z, and its baseline median."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per reading: is it a spike reading, its robust z, its baseline median and the least
+    value that would have been a spike."""
     series = pd.Series(values, index=index)
     window = pd.Timedelta(minutes=params.baseline_minutes)
     # closed="left": the baseline holds only readings before this one, never itself.
@@ -263,15 +264,15 @@ def _spikes(
     spread = (rolling.quantile(0.75) - rolling.quantile(0.25)).to_numpy() / _IQR_TO_SIGMA
     count = rolling.count().fillna(0).to_numpy()
 
-    lift = values - median
-    z = lift / (spread + floor)
+    # The least value that counts as a spike: every rule of step 4 at once.
+    threshold = np.maximum(median + min_lift, median + params.z_threshold * (spread + floor))
+    if min_ratio is not None:
+        threshold = np.maximum(threshold, min_ratio * median)
+    z = (values - median) / (spread + floor)
     with np.errstate(invalid="ignore"):
-        flags = (count >= params.min_baseline_readings) & (z >= params.z_threshold)
-        flags &= lift >= min_lift
-        if min_ratio is not None:
-            flags &= values >= min_ratio * median
+        flags = (count >= params.min_baseline_readings) & (values >= threshold)
     flags &= ~np.isnan(values)
-    return flags, z, median
+    return flags, z, median, threshold
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +290,7 @@ class _Spike:
     values: np.ndarray  # pooled
     baseline: np.ndarray
     unpooled: np.ndarray
-    min_lift: float
+    threshold: np.ndarray
 
 
 def _merge(
@@ -328,11 +329,9 @@ def _merge(
 
 
 def _onset(first_spike: int, spike: _Spike, timing: _Timing) -> int:
-    """The first reading of the spike's first pool that itself rose by the minimum lift.
-
-    Pooling makes a spike cross the threshold a few readings after it began; the VOD time
-    should point at the beginning."""
+    """The first reading of the spike's first pool that on its own passes that spike
+    reading's threshold (see the module docstring, step 5)."""
     pool = np.arange(timing.pool_first[first_spike], first_spike + 1)
     with np.errstate(invalid="ignore"):
-        risen = spike.unpooled[pool] - spike.baseline[first_spike] >= spike.min_lift
+        risen = spike.unpooled[pool] >= spike.threshold[first_spike]
     return int(pool[np.argmax(risen)]) if risen.any() else first_spike

@@ -114,7 +114,12 @@ def load_readings(spool_dir: Path) -> pd.DataFrame:
         root = spool_dir / area
         if not root.is_dir():
             continue
-        for path in sorted(root.rglob(pattern)):
+        try:
+            paths = sorted(root.rglob(pattern))
+        except OSError as exc:
+            log.warning("report: cannot list %s: %s", root, exc.strerror or exc)
+            continue
+        for path in paths:
             body = _read_part_body(path, open_part=area == "open")
             if body:
                 texts.append(body)

@@ -28,16 +28,17 @@ def flat_readings(
     level: float = 0.2,
     noise: float = 0.01,
     messages: int = 10,
+    step: float = STEP,
 ) -> pd.DataFrame:
     """Every label at `level` plus gaussian noise; a constant message count."""
     rng = np.random.default_rng(seed)
-    n = int(minutes * 60 / STEP)
-    starts = start + np.arange(n) * STEP
+    n = int(minutes * 60 / step)
+    starts = start + np.arange(n) * step
     frame = pd.DataFrame(
         {
             "session_id": session_id,
             "window_start": starts,
-            "window_end": starts + STEP,
+            "window_end": starts + step,
             "message_count": messages,
             "scored_count": messages,
         }
@@ -226,6 +227,23 @@ def test_one_second_readings_are_pooled_over_the_smoothing_window() -> None:
             assert np.isnan(series["joy"][i])
     assert series[MESSAGE_RATE][0] == 60.0 and np.isnan(series["joy"][0])
     assert series["joy"][1] == pytest.approx(0.5)
+
+
+def test_pooled_one_second_readings_still_time_the_moment_to_the_second() -> None:
+    rng = np.random.default_rng(4)
+    frame = flat_readings(40, step=1.0, noise=0.03, messages=2)
+    frame["message_count"] = rng.poisson(2, len(frame))
+    frame["scored_count"] = frame["message_count"]
+    offset = frame["window_start"] - T0
+    frame.loc[(offset >= 1500) & (offset < 1530), "surprise"] += 0.3
+    frame.loc[(offset >= 2000) & (offset < 2020), "message_count"] = 12
+
+    moments = detect_moments(frame)
+
+    assert sorted((m.kind, m.vod_time) for m in moments) == [
+        (MESSAGE_RATE, "00:33:20"),
+        ("surprise", "00:25:00"),
+    ]
 
 
 def test_long_readings_are_not_pooled() -> None:
