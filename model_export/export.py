@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import os
 import shutil
 import sys
@@ -566,11 +567,21 @@ def export_bundle(
             tokenizer, model = _load_source(local_dir, threads)
             check_source_config(model.config, source, max_length)
             _check_disk(out.parent, model)
+            config = model.config
+            # The reference is computed now so the PyTorch model can be freed before the
+            # graph tools load their own copies (roberta-base peaks several GB otherwise).
+            reference = (
+                None
+                if skip_parity
+                else torch_probabilities(model, tokenizer, parity_texts, max_length)
+            )
         with stage("exporting to ONNX (fp32) with optimum"):
             fp32_path = _export_onnx(model, tokenizer, work / "onnx")
+            del model
+            gc.collect()
         with stage("fusing the transformer graph (onnxruntime optimizer)"):
             fused_path = work / "model.fused.onnx"
-            optimization = _fuse(fp32_path, fused_path, model.config)
+            optimization = _fuse(fp32_path, fused_path, config)
             progress(f"fused: {optimization['fused_operators']}")
         with stage(
             f"quantising to int8 ({settings.weight_type}, per_channel={settings.per_channel})"
@@ -589,16 +600,15 @@ def export_bundle(
             tokenizer_path = staging / TOKENIZER_FILE
             write_tokenizer_json(tokenizer, tokenizer_path, max_length)
         parity: dict[str, Any] = {"skipped": True}
-        if not skip_parity:
+        if reference is not None:
             with stage(f"checking parity of int8 against PyTorch on {len(parity_texts)} texts"):
                 parity = _parity(
-                    model,
-                    tokenizer,
+                    reference,
+                    int(tokenizer.pad_token_id),
                     fused_path,
                     model_path,
                     tokenizer_path,
                     parity_texts,
-                    max_length,
                     threads,
                     tolerance,
                 )
@@ -642,18 +652,15 @@ def export_bundle(
 
 
 def _parity(
-    model: Any,
-    tokenizer: Any,
+    reference: np.ndarray,
+    pad: int,
     fused_path: Path,
     int8_path: Path,
     tokenizer_path: Path,
     texts: Sequence[str],
-    max_length: int,
     threads: int,
     tolerance: ParityTolerance,
 ) -> dict[str, Any]:
-    reference = torch_probabilities(model, tokenizer, texts, max_length)
-    pad = int(tokenizer.pad_token_id)
     # fp32 ONNX first: when int8 fails, this tells an export bug from a quantisation loss.
     fp32 = compare_probabilities(
         reference,
