@@ -253,7 +253,9 @@ def choose_session(
         try:
             datetime.strptime(date, "%Y-%m-%d")
         except ValueError:
-            raise UsageError(f"date {date!r} is not YYYY-MM-DD (for example 2024-05-01)") from None
+            raise UsageError(
+                f"date {date!r} is not a valid YYYY-MM-DD date (for example 2024-05-01)"
+            ) from None
         days = sessions["start"].map(_utc_day)
         on_day = sessions[days == date]
         if on_day.empty:

@@ -244,8 +244,9 @@ def test_unknown_session_names_some_known_ones(spool: Path, tmp_path: Path) -> N
 
 
 def test_bad_or_empty_date_is_a_clear_usage_error(spool: Path, tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="not YYYY-MM-DD"):
-        build_report(spool, date="30/04/2024", out=tmp_path / "r.html")
+    for bad in ("30/04/2024", "2024-04-31"):
+        with pytest.raises(UsageError, match="not a valid YYYY-MM-DD date"):
+            build_report(spool, date=bad, out=tmp_path / "r.html")
     with pytest.raises(UsageError, match=r"no session started on 2024-01-01.*2024-04-30"):
         build_report(spool, date="2024-01-01", out=tmp_path / "r.html")
     with pytest.raises(UsageError, match="choose one of"):
