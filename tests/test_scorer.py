@@ -17,17 +17,22 @@ from agent.errors import ModelBundleError
 from agent.scorer import Scorer, plan_batches, sigmoid
 from agent.vocab import LABELS
 
-# How far scores of the same text may move when it is scored in a different batch (cache off).
-# The int8 graph quantises activations with DynamicQuantizeLinear, whose scale and zero point
-# come from the min/max of the WHOLE activation tensor (every row of the batch, padding
-# included), so a text's score depends slightly on its batch-mates. Measured on the tiny
-# random-weight model: up to 0.14 (its random weights make activations spiky, so one row's
-# outlier moves everyone's scale); on the full-size random roberta-base: see BATCH_TOLERANCE_NOTE
-# in agent/scorer.py. Order alone never matters: the batch plan is a function of the texts.
-BATCH_TOLERANCE = 0.2
+# How far the score of one text may move when it is scored in a different batch (cache
+# off). The int8 graph quantises activations with DynamicQuantizeLinear, whose scale and zero
+# point come from the min/max of the WHOLE activation tensor (every row of the batch, padding
+# included), so a text's score depends slightly on its batch-mates (see agent/scorer.py).
+# Measured one-at-a-time against all-at-once on 400 distinct chat-like texts:
+#   tiny random 2-layer model (this bundle):  max 0.061, mean 0.0064
+#   full-size random roberta-base bundle:     max 0.0059, mean 0.0014 (300 texts)
+# The tiny model's random weights make its activations spiky, hence its looser bound.
+# Order alone never matters (bit-identical): the batch plan is a function of the texts.
+BATCH_MAX_DIFF = 0.1
+BATCH_MEAN_DIFF = 0.02
 
-# int8 against the PyTorch fp32 tiny model on the same prepared texts.
-PYTORCH_TOLERANCE = 0.2
+# int8 ONNX scorer against the PyTorch fp32 tiny model, same prepared texts, same truncation.
+# Measured on 322 texts: max 0.056, mean 0.0076, top label agreeing on 95%.
+PYTORCH_MAX_DIFF = 0.1
+PYTORCH_MEAN_DIFF = 0.02
 
 BAD_TEXTS = ["", "   \t\n", "😂😂🔥🔥", "x" * 50_000, "\ud800", "LULW \U000e0000", "\x00\x01"]
 
@@ -237,7 +242,9 @@ def test_one_at_a_time_and_all_at_once_agree(uncached: Scorer, tiny_bundle: Path
     texts = chat_corpus(200, seed=4)
     one_by_one = np.vstack([uncached.score([t]) for t in texts])
     together = uncached.score(texts)
-    assert np.allclose(one_by_one, together, atol=BATCH_TOLERANCE, rtol=0)
+    diff = np.abs(one_by_one - together)
+    assert diff.max() <= BATCH_MAX_DIFF, f"max abs diff {diff.max():.4f}"
+    assert diff.mean() <= BATCH_MEAN_DIFF, f"mean abs diff {diff.mean():.5f}"
     # A scorer limited to batches of one runs exactly the one-at-a-time path.
     single = Scorer(uncached.bundle, cache_size=0, max_batch_sequences=1)
     assert np.array_equal(single.score(texts), one_by_one)
@@ -293,8 +300,10 @@ def test_int8_scorer_agrees_with_the_pytorch_model(tiny_bundle: Path, tiny_sourc
         assert scorer._tokenizer.encode(text).ids == ids[mask.bool()].tolist()
     ours = scorer.score(texts)
     diff = np.abs(ours - reference)
-    assert diff.max() <= PYTORCH_TOLERANCE, f"max abs diff {diff.max():.4f}"
-    assert diff.mean() <= PYTORCH_TOLERANCE / 4, f"mean abs diff {diff.mean():.4f}"
+    assert diff.max() <= PYTORCH_MAX_DIFF, f"max abs diff {diff.max():.4f}"
+    assert diff.mean() <= PYTORCH_MEAN_DIFF, f"mean abs diff {diff.mean():.5f}"
+    # Quantisation noise must not decide what the model thinks most texts are about.
+    assert (ours.argmax(axis=1) == reference.argmax(axis=1)).mean() >= 0.85
 
 
 # --- refused bundles -----------------------------------------------------------------------
