@@ -78,10 +78,22 @@ _NUMPY_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
 class CacheInfo(NamedTuple):
+    """Like functools' cache_info: `misses` counts texts the model ran on, `hits` the rest
+    (found in the cache, or a copy of a text already scored in the same call)."""
+
     hits: int
     misses: int
     maxsize: int
     currsize: int
+
+
+class RunStats(NamedTuple):
+    """What the model actually ran on, for benchmarks: real tokens against padded ones."""
+
+    batches: int
+    sequences: int
+    tokens: int  # real tokens, <s> and </s> included
+    padded_tokens: int  # batch size x longest sequence, summed over batches
 
 
 def plan_batches(
@@ -163,6 +175,7 @@ class Scorer:
         self._cache_size = cache_size
         self._hits = 0
         self._misses = 0
+        self._runs = RunStats(0, 0, 0, 0)
         self._lock = threading.Lock()
         # One warm-up run: a model that loads but cannot run (wrong output size, an operator
         # this onnxruntime lacks) fails here, at start-up, not on the first chat message;
@@ -204,8 +217,15 @@ class Scorer:
         with self._lock:
             return self._score(texts)
 
+    def token_ids(self, text: str) -> list[int]:
+        """The token ids the model reads for `text` (prepared, truncated, with <s> and </s>)."""
+        return list(self._tokenizer.encode(self.prepare(text)).ids)
+
     def cache_info(self) -> CacheInfo:
         return CacheInfo(self._hits, self._misses, self._cache_size, len(self._cache))
+
+    def run_stats(self) -> RunStats:
+        return self._runs
 
     def cache_clear(self) -> None:
         with self._lock:
@@ -259,6 +279,13 @@ class Scorer:
         plan = plan_batches(lengths, self.max_batch_sequences, self.max_batch_tokens, prepared)
         for batch in plan:
             scores[batch] = self._run_batch([encodings[i] for i in batch])
+            width = max(lengths[i] for i in batch)
+            self._runs = RunStats(
+                self._runs.batches + 1,
+                self._runs.sequences + len(batch),
+                self._runs.tokens + sum(lengths[i] for i in batch),
+                self._runs.padded_tokens + width * len(batch),
+            )
         return scores
 
     def _cache_put(self, text: str, row: np.ndarray) -> None:

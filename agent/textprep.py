@@ -30,7 +30,7 @@ MAX_CHARS = 2_000
 MENTION_PLACEHOLDER = "@user"
 LINK_PLACEHOLDER = "http"
 
-EMOTE_TABLE_RESOURCE = ("agent", "data/emotes.toml")
+EMOTE_TABLE_RESOURCE = ("agent", "data", "emotes.toml")
 
 # Characters that carry nothing the model could read and only make identical messages look
 # different: C0/C1 controls (IRC's \x01ACTION framing, NUL), zero-width spaces/joiners used
@@ -87,8 +87,11 @@ def prepare(text: str, emotes: Mapping[str, str] | None = None) -> str:
 
 def default_emote_table_text() -> str:
     """The shipped table; read through importlib.resources so a PyInstaller build finds it."""
-    package, name = EMOTE_TABLE_RESOURCE
-    return importlib.resources.files(package).joinpath(name).read_text(encoding="utf-8")
+    package, *parts = EMOTE_TABLE_RESOURCE
+    resource = importlib.resources.files(package)
+    for part in parts:  # one level at a time: zip-based Traversables do not split "a/b"
+        resource = resource.joinpath(part)
+    return resource.read_text(encoding="utf-8")
 
 
 def load_emote_table(path: Path | None = None) -> dict[str, str]:

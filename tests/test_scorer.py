@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.bundle import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, Manifest, file_entry
+from agent.bundle import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    Manifest,
+    file_entry,
+    load_bundle,
+)
 from agent.errors import ModelBundleError
 from agent.scorer import Scorer, plan_batches, sigmoid
 from agent.vocab import LABELS
@@ -121,8 +128,7 @@ def test_bad_texts_all_score(uncached: Scorer) -> None:
 
 
 def test_long_text_is_truncated_to_the_manifest_length(scorer: Scorer) -> None:
-    prepared = scorer.prepare("word " * 50_000)
-    assert len(scorer._tokenizer.encode(prepared).ids) == scorer.max_length
+    assert len(scorer.token_ids("word " * 50_000)) == scorer.max_length
 
 
 def test_model_id_comes_from_the_manifest(scorer: Scorer, tiny_bundle: Path) -> None:
@@ -190,6 +196,18 @@ def test_cached_rows_cannot_be_changed_by_callers(tiny_bundle: Path) -> None:
 
 
 # --- batching ------------------------------------------------------------------------------
+
+
+def test_run_stats_count_real_and_padded_tokens(tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    scorer = Scorer(bundle, cache_size=0, max_batch_sequences=2, max_batch_tokens=999)
+    texts = ["a", "a b c d e f g h", "a b", "a b c d e f g h i j"]
+    lengths = sorted(len(scorer.token_ids(t)) for t in texts)
+    scorer.score(texts)
+    stats = scorer.run_stats()
+    assert (stats.batches, stats.sequences, stats.tokens) == (2, 4, sum(lengths))
+    # Sorted, so the two short texts share a batch and the two long ones the other.
+    assert stats.padded_tokens == 2 * lengths[1] + 2 * lengths[3]
 
 
 def test_plan_batches_respects_limits_and_covers_everything() -> None:
@@ -297,7 +315,7 @@ def test_int8_scorer_agrees_with_the_pytorch_model(tiny_bundle: Path, tiny_sourc
         reference = torch.sigmoid(model(**batch).logits).numpy()
     # The bundle's tokenizer.json reads texts exactly as the source tokenizer does.
     for text, ids, mask in zip(prepared, batch["input_ids"], batch["attention_mask"], strict=True):
-        assert scorer._tokenizer.encode(text).ids == ids[mask.bool()].tolist()
+        assert scorer.token_ids(text) == ids[mask.bool()].tolist()
     ours = scorer.score(texts)
     diff = np.abs(ours - reference)
     assert diff.max() <= PYTORCH_MAX_DIFF, f"max abs diff {diff.max():.4f}"
