@@ -6,8 +6,9 @@ writes one HTML file that needs no network: the chart is an inline SVG drawn by 
 inline script (agent/data/report_template.html), the data an inline JSON block.
 
 Chart downsampling: a session's time span is cut into equal time buckets, at most
-`MAX_CHART_POINTS` of them and never shorter than the median reading window (so a bucket
-normally holds at least one reading). Per bucket:
+`MAX_CHART_POINTS` of them, and never shorter than the median reading window or two mean
+spacings between readings (so a bucket normally pools a couple of readings and a chart of a
+short stream is not a saw-tooth of single readings). Per bucket:
 
 - each emotion: the mean probability over all scored messages in the bucket (the readings'
   means weighted by their scored count), so a bucket tells the same story as one big reading;
@@ -15,10 +16,12 @@ normally holds at least one reading). Per bucket:
   measured up to the last reading's end);
 - dominant emotion: the displayed emotion with the highest bucket mean.
 
-Buckets with no reading are left out, and the chart breaks its lines over them. A 12-hour
-stream at one reading per second (43,200 readings) becomes 2,000 points per series; the
-spikes that bucket means flatten are still found, because moments use every reading, and are
-drawn as numbered markers.
+Buckets with no reading are left out. Readings only exist where chat said something, so the
+chart joins emotion points across empty buckets up to `connect` seconds apart
+(max(3 buckets, `CONNECT_SECONDS`)) and breaks its lines over longer gaps, while the message
+rate drops to zero over every empty bucket. A 12-hour stream at one reading per second
+(43,200 readings) becomes 2,000 points per series; the spikes that bucket means flatten are
+still found, because moments use every reading, and are drawn as numbered markers.
 
 Everything that came from data is escaped: HTML text with `html.escape`, the JSON block with
 `<`, `>` and `&` as unicode escapes so no value can close the script element.
@@ -53,6 +56,7 @@ log = logging.getLogger("captaflow.report")
 SampleSource = Callable[[str, float, float, int], list[str]]
 
 MAX_CHART_POINTS = 2000
+CONNECT_SECONDS = 120.0
 SAMPLES_PER_MOMENT = 3
 SAMPLE_MAX_CHARS = 200
 KNOWN_IDS_SHOWN = 5
@@ -284,7 +288,7 @@ def chart_data(
 ) -> dict[str, Any]:
     """The chart's series for one session's readings, bucketed as the module docstring says.
 
-    Returns t0 (UNIX seconds of the first reading), span and bucket (seconds), x (bucket
+    Returns t0 (UNIX seconds of the first reading), span, bucket and connect (seconds), x (bucket
     centres as seconds since t0), series (label → means, None for no scored message),
     rate (messages per minute) and dominant (index into `displayed`, -1 when unknown).
     """
@@ -293,8 +297,8 @@ def chart_data(
     t0 = float(starts.min())
     last = float(ends.max())
     span = max(last - t0, 1.0)
-    typical_window = float(np.median(ends - starts)) if len(starts) else 1.0
-    bucket = max(span / max_points, typical_window, 1.0)
+    typical_window = float(np.median(ends - starts))
+    bucket = max(span / max_points, typical_window, 2 * span / len(starts), 1.0)
     index = np.minimum(((starts - t0) // bucket).astype(np.int64), max_points - 1)
 
     weights = session["scored_count"].to_numpy(dtype=float).clip(min=0)
@@ -326,6 +330,7 @@ def chart_data(
         "t0": t0,
         "span": span,
         "bucket": bucket,
+        "connect": max(3 * bucket, CONNECT_SECONDS),
         "x": _rounded(x, 1),
         "series": {label: _rounded(means[:, i], 4) for i, label in enumerate(displayed)},
         "rate": _rounded(rate, 1),
