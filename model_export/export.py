@@ -106,10 +106,11 @@ class QuantizationSettings:
 
 
 def default_model_dir() -> Path:
-    """Where the agent looks for its bundle when no --model is given."""
-    import platformdirs
+    """Where the agent looks for its bundle when no --model is given (honours
+    CAPTAFLOW_DATA_DIR; otherwise platformdirs' user data dir of CaptaFlow, plus `model`)."""
+    from agent.paths import resolve_locations
 
-    return Path(platformdirs.user_data_dir("CaptaFlow", "CaptaFlow")) / "model"
+    return resolve_locations().model_dir
 
 
 def intermediate_dir_for(out: Path) -> Path:

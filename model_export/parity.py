@@ -73,7 +73,7 @@ def compare_probabilities(
             f"got {reference.shape} and {candidate.shape}"
         )
     diff = np.abs(reference - candidate)
-    row, column = np.unravel_index(int(np.argmax(diff)), diff.shape)
+    row, column = (int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
     agreement = np.mean(np.argmax(reference, axis=1) == np.argmax(candidate, axis=1))
     return ParityReport(
         texts=len(texts),
