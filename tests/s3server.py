@@ -144,32 +144,38 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 fault = proxy._next_fault()
+
+                def record(status: int | None) -> None:
+                    # Before the client hears back, so a test that saw the reply sees the log.
+                    proxy.record(Exchange(self.command, self.path, status, fault, self._key_id()))
+
                 if fault in _ERROR_BODIES:
                     status, code, text = _ERROR_BODIES[fault]
                     payload = (
                         f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
                         f"<Message>{text}</Message><RequestId>proxy</RequestId></Error>"
                     ).encode()
+                    record(status)
                     self.send_response(status)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     if self.command != "HEAD":
                         self.wfile.write(payload)
-                    proxy.record(Exchange(self.command, self.path, status, fault, self._key_id()))
                     return
                 if fault == "drop":
+                    record(None)
                     self._drop()
-                    proxy.record(Exchange(self.command, self.path, None, fault, self._key_id()))
                     return
                 if fault == "corrupt" and body:
                     # One flipped bit on the way, headers (and their checksums) untouched.
                     body = body[:-1] + bytes([body[-1] ^ 0x01])
                 status, headers, reply = self._forward(body)
                 if fault == "lose_reply":
+                    record(None)
                     self._drop()
-                    proxy.record(Exchange(self.command, self.path, None, fault, self._key_id()))
                     return
+                record(status)
                 self.send_response(status)
                 for name, value in headers:
                     if name.lower() not in ("connection", "transfer-encoding", "keep-alive"):
@@ -177,7 +183,6 @@ class FaultProxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(reply)
-                proxy.record(Exchange(self.command, self.path, status, fault, self._key_id()))
 
             def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
                 upstream = http.client.HTTPConnection(*proxy.upstream, timeout=10)

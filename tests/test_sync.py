@@ -446,6 +446,27 @@ def test_500s_and_lost_replies_then_back_every_part_once_oldest_first(
     assert sealed_files(spool) == set()
 
 
+def test_wake_uploads_a_newly_sealed_part_without_waiting_the_interval(
+    spool: Path, s3: Any, bucket: str, proxy: FaultProxy
+) -> None:
+    watch = ReportWatch()
+    uploader = Uploader(
+        spool, S3ObjectStore(bucket, endpoint_url=proxy.url), "cf", interval=600.0, on_report=watch
+    )
+    stop, thread = start_run(uploader)
+    try:
+        watch.wait_for(lambda rs: len(rs) == 1)  # an empty pass; now idle for ten minutes
+        assert uploader.status().describe() == "idle"
+        path = seal_part(spool, session="late", part=1, sealed_at=1_700_000_000)
+        uploader.wake()  # what the runtime's "sync now" does after sealing a part
+        watch.wait_for(lambda rs: len(rs) == 2)
+    finally:
+        stop_run(uploader, stop, thread)
+    key = "cf/" + path.relative_to(spool / "sealed").as_posix()
+    assert watch.reports[1].uploaded == [key]
+    assert bucket_keys(s3, bucket) == [key]
+
+
 def test_wrong_bucket_says_which_and_what_to_do_and_keeps_everything(
     spool: Path, proxy: FaultProxy, aws_env: None
 ) -> None:
