@@ -24,15 +24,31 @@ log = logging.getLogger("captaflow")
 DEMO_FILE = "demo_chat.jsonl"
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    """Options every command that needs them accepts (flags override the config file)."""
+def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """Options every command that needs them accepts (flags override the config file).
+
+    They are accepted before and after the command. A subcommand's own defaults are
+    suppressed, or argparse would overwrite a value given before the command with None.
+    """
+    default = None if top else argparse.SUPPRESS
     g = parser.add_argument_group("common options")
-    g.add_argument("--config", metavar="FILE", help="settings file (TOML)")
-    g.add_argument("--data-dir", metavar="DIR", help="where the spool, journal and model live")
-    g.add_argument("--model", metavar="DIR", help="model bundle directory")
-    g.add_argument("--bucket", metavar="NAME", help="S3 bucket to upload readings to")
-    g.add_argument("--prefix", metavar="P", help="S3 key prefix (default: captaflow)")
-    g.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    g.add_argument("--config", metavar="FILE", default=default, help="settings file (TOML)")
+    g.add_argument(
+        "--data-dir", metavar="DIR", default=default, help="where the spool, journal and model live"
+    )
+    g.add_argument("--model", metavar="DIR", default=default, help="model bundle directory")
+    g.add_argument(
+        "--bucket", metavar="NAME", default=default, help="S3 bucket to upload readings to"
+    )
+    g.add_argument(
+        "--prefix", metavar="P", default=default, help="S3 key prefix (default: captaflow)"
+    )
+    g.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="show tracebacks and debug logs",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="How your live chat feels, moment by moment. Without a command: the tray app.",
     )
     parser.add_argument("--version", action="version", version=f"captaflow {__version__}")
-    _common(parser)
+    _common(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the agent headless with the console previews")
