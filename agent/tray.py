@@ -194,13 +194,15 @@ def icon_for(
 
 def tooltip_for(status: AgentStatus, has_model: bool = True) -> str:
     if not has_model:
-        text = f"{APP_TITLE} — model not exported yet"
+        text = f"{APP_TITLE} - model not exported yet"
     else:
         parts = [source_line(status)]
         if status.dominant and status.state in (AgentState.RUNNING, AgentState.TROUBLE):
             parts.append(status.dominant)
-        text = f"{APP_TITLE} — " + " · ".join(parts)
-    return text if len(text) <= TOOLTIP_MAX else text[: TOOLTIP_MAX - 1] + "…"
+        text = f"{APP_TITLE} - " + " · ".join(parts)
+    # X11 window titles (pystray's xorg backend) are Latin-1 only.
+    text = text.replace("—", "-").replace("…", "...").encode("latin-1", "replace").decode("latin-1")
+    return text if len(text) <= TOOLTIP_MAX else text[: TOOLTIP_MAX - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,6 +267,7 @@ class TrayApp:
         self._icon: Any = None  # pystray.Icon once run() has started
         self._icon_cache: dict[tuple[IconState, str | None], Image.Image] = {}
         self._shown_icon: tuple[IconState, str | None] | None = None
+        self.ready = threading.Event()  # set once the icon is shown
         self.stopped = threading.Event()  # set once Quit has stopped the agent and the loop
 
     # -- state ------------------------------------------------------------------------------
@@ -465,6 +468,7 @@ class TrayApp:
             except Exception:
                 log.debug("notification failed", exc_info=True)
         self.refresh()
+        self.ready.set()
 
     def run(self) -> None:
         """Show the icon and block until Quit (call on the main thread)."""
