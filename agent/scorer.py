@@ -19,7 +19,7 @@ Batch composition and exactness: the int8 graph quantises activations on the fly
 whole activation tensor, i.e. over every row of the batch, padding included. So the same
 text can score slightly differently beside different batch-mates: on the full-size random
 roberta-base, one-at-a-time against all-at-once differ by at most 0.006 (mean 0.0014) in
-probability. Exactness would need batches of one (slower) or per-row activation scales
+probability. Exactness would need batches of one (about 20% slower here) or per-row scales
 (not what onnxruntime's dynamic quantisation emits). Instead: the batch plan depends only on
 the texts, not their order (shuffled input gives bit-identical scores), and with the cache
 on a text keeps the score it first got, whatever batch it arrives in later.
@@ -47,12 +47,19 @@ from agent.textprep import load_emote_table, prepare
 DEFAULT_CACHE_SIZE = 50_000
 
 # Batch limits. Sequences are sorted by length, so a batch's padded size is its count times
-# its longest member. 64 sequences or 2,048 padded tokens keep each GEMM large enough to be
-# efficient on one core while a burst of long messages never builds a huge activation tensor
-# (2,048 tokens x 768 hidden x 4 bytes is 6 MB per layer output; attention scores grow with
-# the square of the length, which the token budget also bounds).
-MAX_BATCH_SEQUENCES = 64
-MAX_BATCH_TOKENS = 2_048
+# its longest member. Tuned on the full-size random roberta-base int8 bundle, one thread,
+# unique texts of the #xqcow capture (CPU time, AVX2 without VNNI, machine shared):
+#   batches of 1: 40 msg/CPU-s; 16 seqs/1,024 tokens: 47-53; 32/1,024: 49;
+#   64/2,048: 45-50; 128/4,096: 42; 256/16,384 with no padding cap: 15 (padding x3.9).
+# Past ~32 sequences the activations (rows x 3,072 floats in the feed-forward layers) fall
+# out of the CPU caches and throughput drops; small budgets also bound a burst's latency.
+MAX_BATCH_SEQUENCES = 32
+MAX_BATCH_TOKENS = 1_024
+# A batch is also cut where joining it would make padding exceed this share of its real
+# tokens: when few texts are pending, their lengths are spread out, and one 60-token message
+# would otherwise pad thirty 6-token ones to 60 each. Busy chat has many texts of each length,
+# so batches still fill up.
+MAX_PADDING = 1.25
 
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -101,27 +108,34 @@ def plan_batches(
     max_sequences: int = MAX_BATCH_SEQUENCES,
     max_tokens: int = MAX_BATCH_TOKENS,
     tie_keys: Sequence[Any] | None = None,
+    max_padding: float = MAX_PADDING,
 ) -> list[list[int]]:
     """Group sequence indices into length-sorted batches.
 
     Indices are sorted by length, shortest first, and cut into batches of at most
-    `max_sequences` whose padded size (count x longest) stays within `max_tokens`. A single
-    sequence longer than the budget gets a batch of its own. Equal lengths are ordered by
-    `tie_keys` (the texts, in the scorer) so the plan depends on what is scored, not on the
-    order it came in; without them, by position.
+    `max_sequences` whose padded size (count x longest) stays within `max_tokens` and within
+    `max_padding` times the batch's real tokens. A sequence longer than the budget gets a
+    batch of its own. Equal lengths are ordered by `tie_keys` (the texts, in the scorer) so
+    the plan depends on what is scored, not on the order it came in; without them, by
+    position.
     """
     keys: Sequence[Any] = tie_keys if tie_keys is not None else range(len(lengths))
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], keys[i]))
     batches: list[list[int]] = []
     current: list[int] = []
+    real = 0
     for index in order:
         # Sorted ascending, so this sequence is the batch's longest if it joins.
+        padded = (len(current) + 1) * lengths[index]
         if current and (
-            len(current) >= max_sequences or (len(current) + 1) * lengths[index] > max_tokens
+            len(current) >= max_sequences
+            or padded > max_tokens
+            or padded > max_padding * (real + lengths[index])
         ):
             batches.append(current)
-            current = []
+            current, real = [], 0
         current.append(index)
+        real += lengths[index]
     if current:
         batches.append(current)
     return batches
@@ -147,6 +161,7 @@ class Scorer:
         emote_table: Path | None = None,
         max_batch_sequences: int = MAX_BATCH_SEQUENCES,
         max_batch_tokens: int = MAX_BATCH_TOKENS,
+        max_padding: float = MAX_PADDING,
     ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
@@ -159,6 +174,7 @@ class Scorer:
         self.threads = threads
         self.max_batch_sequences = max(1, max_batch_sequences)
         self.max_batch_tokens = max(1, max_batch_tokens)
+        self.max_padding = max(1.0, max_padding)
         self._emotes: Mapping[str, str] | None = (
             load_emote_table(emote_table) if translate_emotes else None
         )
@@ -276,7 +292,9 @@ class Scorer:
             encodings = self._tokenizer.encode_batch(list(prepared))
         scores = np.empty((len(prepared), len(self.labels)), dtype=np.float32)
         lengths = [len(e.ids) for e in encodings]
-        plan = plan_batches(lengths, self.max_batch_sequences, self.max_batch_tokens, prepared)
+        plan = plan_batches(
+            lengths, self.max_batch_sequences, self.max_batch_tokens, prepared, self.max_padding
+        )
         for batch in plan:
             scores[batch] = self._run_batch([encodings[i] for i in batch])
             width = max(lengths[i] for i in batch)

@@ -218,8 +218,18 @@ def test_plan_batches_respects_limits_and_covers_everything() -> None:
     assert sorted(flat) == list(range(500))
     assert [lengths[i] for i in flat] == sorted(lengths)
     for batch in plan:
+        padded = len(batch) * max(lengths[i] for i in batch)
         assert len(batch) <= 64
-        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 2048
+        assert len(batch) == 1 or padded <= 2048
+        assert len(batch) == 1 or padded <= 1.25 * sum(lengths[i] for i in batch)
+
+
+def test_plan_batches_cuts_where_padding_would_dominate() -> None:
+    # Thirty 6-token texts and one of 60: the long one must not pad the others to 60.
+    lengths = [6] * 30 + [60]
+    assert plan_batches(lengths, max_sequences=64, max_tokens=10_000) == [list(range(30)), [30]]
+    # Without the cap they share one batch, 1,860 padded tokens for 240 real ones.
+    assert len(plan_batches(lengths, max_sequences=64, max_tokens=10_000, max_padding=99)) == 1
 
 
 def test_plan_batches_gives_an_oversized_sequence_its_own_batch() -> None:
