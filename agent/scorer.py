@@ -18,7 +18,7 @@ Batch composition and exactness: the int8 graph quantises activations on the fly
 (DynamicQuantizeLinear), with one scale and zero point computed from the min/max of the
 whole activation tensor, i.e. over every row of the batch, padding included. So the same
 text can score slightly differently beside different batch-mates: on the full-size random
-roberta-base, one-at-a-time against all-at-once differ by at most 0.006 (mean 0.0014) in
+roberta-base, one-at-a-time against all-at-once differ by at most 0.0066 (mean 0.0014) in
 probability. Exactness would need batches of one (about 20% slower here) or per-row scales
 (not what onnxruntime's dynamic quantisation emits). Instead: the batch plan depends only on
 the texts, not their order (shuffled input gives bit-identical scores), and with the cache
