@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
+import logging
 import os
 import shutil
 import sys
@@ -393,13 +394,21 @@ def _export_onnx(model: Any, tokenizer: Any, directory: Path) -> Path:
 
     # Our own parity check (against the int8 model the user actually gets) replaces
     # optimum's fp32 validation.
-    onnx_export_from_model(
-        model,
-        directory,
-        task="text-classification",
-        do_validation=False,
-        preprocessors=[tokenizer],
-    )
+    # optimum logs at WARNING that it cannot check for tied weights without `accelerate`;
+    # a classifier has none, so the line would only worry the user.
+    optimum_logger = logging.getLogger("optimum")
+    level = optimum_logger.level
+    optimum_logger.setLevel(logging.ERROR)
+    try:
+        onnx_export_from_model(
+            model,
+            directory,
+            task="text-classification",
+            do_validation=False,
+            preprocessors=[tokenizer],
+        )
+    finally:
+        optimum_logger.setLevel(level)
     path = directory / "model.onnx"
     if not path.is_file():
         raise ExportError(f"optimum wrote no model.onnx into {directory}: run with --debug")
