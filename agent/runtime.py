@@ -251,6 +251,7 @@ class _Pipeline:
         self.banned_authors: set[str] = set()
         self.event_time = 0.0
         self.unconfirmed: list[str] = []
+        self.draining = False
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -391,9 +392,11 @@ class _Pipeline:
                 await housekeeping
             self.journal.flush()
             self._close_windows(self.builder.flush())
-            scoring.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await scoring
+            # Let the scorer finish what it holds: cancelling it mid-batch would leave those
+            # windows assigned but unwritten until the next start.
+            self.draining = True
+            self.scoring_wakeup.set()
+            await scoring
             await self._score_pending()
             try:
                 sealed = self.spool.seal_open()
@@ -528,7 +531,7 @@ class _Pipeline:
     # -- scoring -----------------------------------------------------------------------------
 
     async def _scoring(self) -> None:
-        while True:
+        while not self.draining:
             await self.scoring_wakeup.wait()
             self.scoring_wakeup.clear()
             await self._score_pending()
