@@ -330,10 +330,13 @@ class _Pipeline:
             warn_fraction=s.spool.warn_fraction,
         )
         try:
-            recovery = self.spool.recover()
-            if getattr(recovery, "messages", None):
-                for line in recovery.messages:
-                    log.warning("%s", line)
+            recovery = self.spool.recover()  # logs each part it recovers or sets aside
+            if recovery.sealed or recovery.corrupt:
+                log.info(
+                    "spool recovery: %d open part(s) sealed, %d set aside in corrupt/",
+                    len(recovery.sealed),
+                    len(recovery.corrupt),
+                )
             self.session_id, resumed = self.journal.begin_session(
                 self.platform, self.channel, now=time.time()
             )

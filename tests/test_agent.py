@@ -79,6 +79,28 @@ def test_replay_of_the_real_busy_chat_capture_yields_readings_for_every_message(
     assert len(list(iter_readings(Path(settings.spool.dir)))) == len(readings)
 
 
+def test_when_chat_outruns_the_scorer_windows_are_sampled_and_rows_say_so(
+    tmp_path: Path, tiny_bundle: Path, testdata: Path
+) -> None:
+    # A replay at full speed delivers the whole capture in well under a second; with a lag
+    # bound of 5 ms the scorer cannot score every message in time, so windows get sampled.
+    settings = settings_for(
+        tmp_path, tiny_bundle,
+        **{"source.kind": "replay", "source.file": str(testdata / "xqcow-chat-2019-09-15.irc.gz"),
+           "source.speed": "max", "window.max_lag_seconds": 0.005, "model.cache_size": 0},
+    )  # fmt: skip
+    agent = Agent(settings)
+    agent.run_forever()
+    readings = list(iter_readings(Path(settings.spool.dir)))
+    sampled = [r for r in readings if r.scored_count < r.message_count]
+    assert sampled, "no window was sampled"
+    assert all(1 <= r.scored_count <= r.message_count for r in readings)
+    # Sampling changes how many are scored, never how many are counted.
+    assert sum(r.message_count for r in readings) + agent.stats.deleted == (
+        agent.stats.messages - agent.stats.not_scored
+    )
+
+
 # ---- a Twitch-like chat server on loopback ---------------------------------------------------
 
 
