@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
@@ -306,18 +307,21 @@ def drive():
     say("ready")
     for line in sys.stdin:
         command = line.strip()
-        if command == "start":
-            app.start_agent().join(60)
-            first_reading.wait(120)
-            app.refresh()
-            say("started")
-        elif command == "stop":
-            app.stop_agent().join(60)
-            app.refresh()
-            say("stopped")
-        elif command == "quit":
-            app.quit()
-            return
+        try:
+            if command == "start":
+                app.start_agent().join(60)
+                first_reading.wait(90)
+                app.refresh()
+                say("started")
+            elif command == "stop":
+                app.stop_agent().join(60)
+                app.refresh()
+                say("stopped")
+            elif command == "quit":
+                app.quit()
+                return
+        except Exception as error:
+            print(json.dumps({"event": "error", "error": repr(error)}), flush=True)
 
 threading.Thread(target=drive, daemon=True).start()
 app.run()
@@ -412,21 +416,34 @@ def test_the_tray_docks_starts_and_stops_under_xvfb(
         "source.speed": "20",
         "sync.enabled": False,
     }
-    with subprocess.Popen(
-        [sys.executable, "-c", DRIVER, str(tmp_path / "config.toml"), json.dumps(overrides)],
-        cwd=ROOT,
-        env=xserver,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as tray:
+    errors = tmp_path / "driver.err"
+    with (
+        errors.open("w") as error_file,
+        subprocess.Popen(
+            [sys.executable, "-c", DRIVER, str(tmp_path / "config.toml"), json.dumps(overrides)],
+            cwd=ROOT,
+            env=xserver,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=error_file,
+            text=True,
+        ) as tray,
+    ):
         assert tray.stdin is not None and tray.stdout is not None
+        lines: queue.Queue[str] = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(x) for x in tray.stdout], daemon=True)
+        reader.start()
 
         def ask(command: str | None) -> dict:
             if command:
                 tray.stdin.write(command + "\n")
                 tray.stdin.flush()
-            return json.loads(tray.stdout.readline())
+            try:
+                answer = json.loads(lines.get(timeout=150))
+            except (queue.Empty, ValueError):
+                pytest.fail(f"the tray gave no answer to {command!r}: {errors.read_text()[-2000:]}")
+            assert answer["event"] != "error", answer
+            return answer
 
         try:
             ready = ask(None)
