@@ -263,6 +263,10 @@ class TrayApp:
         self._busy: AgentState | None = None  # STARTING or STOPPING while a worker runs
         self._notice: str | None = None
         self._quitting = threading.Event()
+        # pystray's X11 backend shares one Xlib display between threads: a refresh racing
+        # icon.stop() can swallow the stop, so refreshes are serialised and Quit retries.
+        self._refresh_lock = threading.Lock()
+        self._loop_ended = threading.Event()
         self._workers: list[threading.Thread] = []
         self._icon: Any = None  # pystray.Icon once run() has started
         self._icon_cache: dict[tuple[IconState, str | None], Image.Image] = {}
@@ -375,8 +379,14 @@ class TrayApp:
                 except Exception:
                     log.exception("stopping the agent on quit failed")
             self.stopped.set()
-            if self._icon is not None:
-                self._icon.stop()
+            with self._refresh_lock:  # no refresh in flight from here on (quitting is set)
+                pass
+            icon = self._icon
+            for _attempt in range(10):
+                if icon is None or self._loop_ended.is_set():
+                    break
+                icon.stop()
+                self._loop_ended.wait(2.0)
 
         return self._spawn("quit", work)
 
@@ -437,6 +447,12 @@ class TrayApp:
 
     def refresh(self) -> None:
         """Bring icon, tooltip and menu up to date with the agent (any thread)."""
+        with self._refresh_lock:
+            if self._quitting.is_set() and self.stopped.is_set():
+                return
+            self._refresh_unlocked()
+
+    def _refresh_unlocked(self) -> None:
         icon = self._icon
         if icon is None:
             return
@@ -487,6 +503,7 @@ class TrayApp:
             self._icon.run(setup=self._on_ready)
         finally:
             self._quitting.set()
+            self._loop_ended.set()
 
 
 # ---------------------------------------------------------------------------------------------
