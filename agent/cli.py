@@ -267,21 +267,9 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def _journal_samples(settings: Any) -> Any:
-    """The report's sample messages come from the journal, if there is one."""
-    path = Path(settings.journal_path)
-    if not path.is_file():
-        return None
+    from agent.journal import sample_source
 
-    def samples(session_id: str, start: float, end: float, k: int) -> list[str]:
-        from agent.journal import Journal
-
-        journal = Journal.open(path)
-        try:
-            return journal.sample_texts(session_id, start, end, k)
-        finally:
-            journal.close()
-
-    return samples
+    return sample_source(Path(settings.journal_path))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

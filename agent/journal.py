@@ -35,7 +35,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -628,3 +628,19 @@ def _set_aside(path: Path) -> Path:
         if side.exists():
             os.replace(side, Path(f"{aside}{suffix}"))
     return aside
+
+
+def sample_source(path: Path) -> Callable[[str, float, float, int], list[str]] | None:
+    """Sample messages for the report's moments, read from the journal at `path` if any.
+
+    The journal is opened per call and closed again, so a report never holds it open
+    while the agent writes to it.
+    """
+    if not Path(path).is_file():
+        return None
+
+    def samples(session_id: str, start: float, end: float, k: int) -> list[str]:
+        with Journal.open(Path(path)) as journal:
+            return journal.sample_texts(session_id, start, end, k)
+
+    return samples

@@ -580,12 +580,14 @@ def run_tray(
 
 def open_latest_report(settings: Settings) -> Path:
     """Build the report of the latest session into the reports folder and open it."""
+    from agent.journal import sample_source
     from agent.report import build_report
 
     out = build_report(
         settings.spool.dir,
         latest=True,
         displayed=tuple(settings.display.emotions),
+        samples=sample_source(settings.journal_path),
         out=_made(settings.paths.reports_dir) / "latest.html",
     )
     open_with_default_app(out)
