@@ -220,19 +220,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from agent.previews import format_message_line
-    from agent.scorer import Scorer
+    from agent.runtime import open_scorer
     from agent.vocab import LABELS, dominant_label
 
     settings = _settings(args)
     _require_model(settings)
-    m = settings.model
-    scorer = Scorer.open(
-        Path(m.dir),
-        threads=m.threads,
-        cache_size=m.cache_size,
-        translate_emotes=m.translate_emotes,
-        emote_table=Path(m.emote_table) if m.emote_table else None,
-    )
+    scorer = open_scorer(settings)
     texts: Sequence[str] = args.texts
     if not texts:
         if sys.stdin is None or sys.stdin.isatty():

@@ -13,7 +13,8 @@ from typing import Any
 
 from agent import __version__
 from agent.errors import UsageError
-from agent.windows import WindowBuilder, WindowPolicy, batch_id_for, make_reading
+from agent.runtime import open_scorer, window_policy
+from agent.windows import WindowBuilder, batch_id_for, make_reading
 
 CHUNK_MESSAGES = 2048  # score in chunks so a long stream never sits in memory twice
 
@@ -47,29 +48,13 @@ def rescore_session(
     finally:
         journal.close()
     if scorer is None:
-        from agent.scorer import Scorer
-
-        m = settings.model
-        scorer = Scorer.open(
-            Path(m.dir),
-            threads=m.threads,
-            cache_size=m.cache_size,
-            translate_emotes=m.translate_emotes,
-            emote_table=Path(m.emote_table) if m.emote_table else None,
-        )
+        scorer = open_scorer(settings)
     spool = Spool(Path(settings.spool.dir))
     n = 1
     while spool.batch_ids_in(f"{session_id}-r{n}"):
         n += 1
     new_id = f"{session_id}-r{n}"
-    w = settings.window
-    builder: WindowBuilder[Any] = WindowBuilder(
-        WindowPolicy(
-            max_messages=w.messages or None,
-            max_seconds=w.seconds or None,
-            max_age=w.max_age_seconds,
-        )
-    )
+    builder: WindowBuilder[Any] = WindowBuilder(window_policy(settings))
     windows = []
     for entry in entries:
         windows.extend(builder.add(entry, entry.sent_at))

@@ -105,6 +105,29 @@ def session_platform(kind: str, configured: str) -> str:
     return "twitch" if kind == "twitch" else validate_name(kind, "platform")
 
 
+def open_scorer(settings: Any) -> Any:
+    """The scorer the settings describe (model folder, threads, cache, emote table)."""
+    from agent.scorer import Scorer
+
+    m = settings.model
+    return Scorer.open(
+        Path(m.dir),
+        threads=m.threads,
+        cache_size=m.cache_size,
+        translate_emotes=m.translate_emotes,
+        emote_table=Path(m.emote_table) if m.emote_table else None,
+    )
+
+
+def window_policy(settings: Any) -> WindowPolicy:
+    w = settings.window
+    return WindowPolicy(
+        max_messages=w.messages or None,
+        max_seconds=w.seconds or None,
+        max_age=w.max_age_seconds,
+    )
+
+
 class Agent:
     """The whole flow behind start/stop/status. Safe to drive from the tray's thread."""
 
@@ -258,16 +281,7 @@ class _Pipeline:
     def _open_scorer(self) -> Any:
         if self.agent._scorer is not None:
             return self.agent._scorer
-        from agent.scorer import Scorer
-
-        m = self.s.model
-        return Scorer.open(
-            Path(m.dir),
-            threads=m.threads,
-            cache_size=m.cache_size,
-            translate_emotes=m.translate_emotes,
-            emote_table=Path(m.emote_table) if m.emote_table else None,
-        )
+        return open_scorer(self.s)
 
     async def _resolve_channel(self) -> tuple[str, str]:
         src = self.s.source
@@ -342,11 +356,7 @@ class _Pipeline:
             )
             self.agent.session_id = self.session_id
             self.bots = bot_names(s.audience.bots)
-            self.policy = WindowPolicy(
-                max_messages=s.window.messages or None,
-                max_seconds=s.window.seconds or None,
-                max_age=s.window.max_age_seconds,
-            )
+            self.policy = window_policy(s)
             self.builder: WindowBuilder[WindowItem] = WindowBuilder(self.policy)
             self.seq = self.journal.next_seq(self.session_id)
             self.agent._set_status(
