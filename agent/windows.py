@@ -221,6 +221,13 @@ def sample_plan(
     budget = math.floor(budget_f)
     fraction = budget / total
     plan = [min(size, max(1, math.floor(size * fraction))) if size else 0 for size in window_sizes]
+    # Raising small windows to their floor of one can overshoot the budget: take the excess
+    # back from the largest shares (earlier windows keep theirs on ties).
+    excess = sum(plan) - max(budget, sum(1 for size in window_sizes if size))
+    while excess > 0:
+        largest = max(range(len(plan)), key=lambda i: (plan[i], -i))
+        plan[largest] -= 1
+        excess -= 1
     leftover = budget - sum(plan)
     if leftover > 0:
         # Largest fractional share first; earlier windows win ties (deterministic).

@@ -8,7 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from agent.errors import SettingsError
@@ -196,6 +196,7 @@ def test_plan_keeps_full_windows_while_keeping_up() -> None:
     st.floats(min_value=1.0, max_value=500.0),
     st.floats(min_value=0.1, max_value=10.0),
 )
+@example([1, 1, 4], 1.0, 3.0)  # floors of one for small windows once overshot the budget
 def test_plan_bounds_the_lag(sizes: list[int], rate: float, lag: float) -> None:
     plan = sample_plan(sizes, rate, lag)
     assert len(plan) == len(sizes)
