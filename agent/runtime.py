@@ -37,7 +37,7 @@ import numpy as np
 
 from agent import __version__
 from agent.audience import bot_names, is_audience
-from agent.errors import CaptaFlowError, SettingsError, SpoolError
+from agent.errors import CaptaFlowError, SettingsError, SourceError, SpoolError
 from agent.previews import ConsolePreviews
 from agent.vocab import (
     AgentState,
@@ -61,6 +61,8 @@ log = logging.getLogger("captaflow.agent")
 
 JOURNAL_FLUSH_SECONDS = 0.25  # guarantee 4: at most the last second of messages is lost
 HOUSEKEEPING_SECONDS = 0.25
+STATUS_SECONDS = 1.0
+DISK_CHECK_SECONDS = 5.0
 STATUS_FILE = "status.json"
 
 
@@ -126,6 +128,21 @@ def window_policy(settings: Any) -> WindowPolicy:
         max_seconds=w.seconds or None,
         max_age=w.max_age_seconds,
     )
+
+
+def _source_failure(outcome: object) -> CaptaFlowError | None:
+    """What the ingest task ended with, as the error to report (None: a normal end)."""
+    if outcome is None or isinstance(outcome, asyncio.CancelledError):
+        return None
+    if isinstance(outcome, CaptaFlowError):
+        return outcome
+    if isinstance(outcome, BaseException):
+        log.error("the chat source failed", exc_info=outcome)
+        return SourceError(
+            f"the chat source stopped on an unexpected {type(outcome).__name__}: {outcome} "
+            f"(what it delivered is saved; see the log, and start again)"
+        )
+    return None
 
 
 class Agent:
@@ -222,14 +239,9 @@ class Agent:
                 self._on_status(snapshot)
 
     def _on_source_status(self, status: SourceStatus) -> None:
-        problem = status.detail if status.state is SourceState.FAILED else None
-        state = AgentState.TROUBLE if status.state in (SourceState.FAILED,) else None
         changes: dict[str, Any] = {"source": status}
-        if state is not None:
-            changes["state"] = state
-            changes["problem"] = problem
-        elif self.status().state is AgentState.TROUBLE and self.status().problem is None:
-            changes["state"] = AgentState.RUNNING
+        if status.state is SourceState.FAILED:
+            changes.update(state=AgentState.TROUBLE, problem=status.detail)
         self._set_status(**changes)
 
     async def _main(self) -> None:
@@ -270,6 +282,11 @@ class _Pipeline:
         self.scoring_wakeup = asyncio.Event()
         self.scorer_rate = 0.0  # messages/s the scorer has shown, an EMA
         self.last_status_write = 0.0
+        self.last_publish = 0.0
+        self.last_disk_check = 0.0
+        self.parts_waiting = 0
+        self.disk_problem: str | None = None
+        self.write_problem: str | None = None
         self.deleted_ids: set[str] = set()
         self.banned_authors: set[str] = set()
         self.event_time = 0.0
@@ -395,10 +412,10 @@ class _Pipeline:
             await self.source.close()
             if not ingest.done():
                 ingest.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                exc = await asyncio.gather(ingest, return_exceptions=True)
-                if exc and isinstance(exc[0], CaptaFlowError):
-                    raise exc[0]
+            [outcome] = await asyncio.gather(ingest, return_exceptions=True)
+            # A source that gave up (login refused, a bug) still gets everything it delivered
+            # drained and sealed before the error is reported.
+            source_error = _source_failure(outcome)
             stop_wait.cancel()
             housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -430,6 +447,8 @@ class _Pipeline:
             self.journal.end_session(self.session_id, now=time.time())
             if self.agent.previews is not None:
                 self.agent.previews.summary(self.stats.readings)
+            if source_error is not None:
+                raise source_error
         finally:
             self._stop_uploader()
             self._write_status_file(force=True)
@@ -460,10 +479,14 @@ class _Pipeline:
         # Messages journaled but never put in a window are windowed again.
         for entry in self.journal.unassigned(self.session_id):
             if entry.scorable:
-                self.builder.add(
-                    WindowItem(entry.key, entry.text, entry.sent_at, entry.author), entry.sent_at
-                )
                 self.event_time = max(self.event_time, entry.sent_at)
+                self._close_windows(
+                    self.builder.add(
+                        WindowItem(entry.key, entry.text, entry.sent_at, entry.author),
+                        entry.sent_at,
+                    )
+                )
+        await self._score_pending()
 
     # -- ingestion ---------------------------------------------------------------------------
 
@@ -593,18 +616,18 @@ class _Pipeline:
             self.spool.append(reading)
         except SpoolError as exc:
             log.error("%s", exc)
-            self.agent._set_status(state=AgentState.TROUBLE, problem=str(exc))
+            self.write_problem = str(exc)
+            self.agent._set_status(state=AgentState.TROUBLE, problem=self.write_problem)
 
     def _confirm_written(self) -> None:
         # Only readings that reached the part file are confirmed; the rest stay 'assigned',
         # so a restart finds them (in the spool, or not: then they are scored again).
         if self.spool.pending:
             return
+        self.write_problem = None
         if self.unconfirmed:
             self.journal.confirm(self.unconfirmed)
             self.unconfirmed = []
-            if self.agent.status().problem and "disk" in (self.agent.status().problem or ""):
-                self.agent._set_status(state=AgentState.RUNNING, problem=None)
 
     def _reading_for(self, job: ScoringJob, scores: np.ndarray) -> Reading:
         return make_reading(
@@ -656,23 +679,38 @@ class _Pipeline:
         self.agent._uploader = None
 
     def _publish_status(self) -> None:
+        """Refresh the snapshot (once a second; the spool is looked at every few seconds)."""
         now = time.monotonic()
+        if now - self.last_publish < STATUS_SECONDS:
+            return
+        self.last_publish = now
+        if now - self.last_disk_check >= DISK_CHECK_SECONDS:
+            self.last_disk_check = now
+            self.parts_waiting = len(self.spool.sealed_parts())
+            self.disk_problem = self.spool.disk_usage().warning
         uploader = self.agent._uploader
-        upload_state = self.agent.status().upload_state
-        parts_waiting = len(self.spool.sealed_parts())
+        current = self.agent.status()
+        upload_state = current.upload_state
         if uploader is not None:
-            sync_status = uploader.status()
-            upload_state = sync_status.describe()
-        usage = self.spool.disk_usage()
-        problem = usage.warning
+            upload_state = uploader.status().describe()
+        source = current.source
+        problem = (
+            self.write_problem
+            or self.disk_problem
+            or (source.detail if source.state is SourceState.FAILED else None)
+        )
+        changes: dict[str, Any] = {}
+        if current.state in (AgentState.RUNNING, AgentState.TROUBLE):
+            changes["state"] = AgentState.TROUBLE if problem else AgentState.RUNNING
         self.agent._set_status(
             messages_per_second=self.stats.rate(now),
             messages_total=self.stats.messages,
             duplicates_total=self.stats.duplicates,
             readings_total=len(self.stats.readings),
-            parts_waiting=parts_waiting,
+            parts_waiting=self.parts_waiting,
             upload_state=upload_state,
-            **({"problem": problem, "state": AgentState.TROUBLE} if problem else {}),
+            problem=problem,
+            **changes,
         )
         self._write_status_file()
 

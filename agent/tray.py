@@ -382,11 +382,10 @@ class TrayApp:
             with self._refresh_lock:  # no refresh in flight from here on (quitting is set)
                 pass
             icon = self._icon
-            for _attempt in range(10):
-                if icon is None or self._loop_ended.is_set():
-                    break
+            if icon is not None:
                 icon.stop()
-                self._loop_ended.wait(2.0)
+                if not self._loop_ended.wait(3.0):
+                    _unblock_x11_loop(icon)
 
         return self._spawn("quit", work)
 
@@ -508,6 +507,25 @@ class TrayApp:
 
 # ---------------------------------------------------------------------------------------------
 # The app as `captaflow` (no arguments) starts it.
+
+
+def _unblock_x11_loop(icon: Any) -> None:
+    """End pystray's X11 loop when `stop()` did not.
+
+    Its loop waits for the DestroyNotify of its own window; once a tray manager has
+    reparented the window that event does not always arrive, and `stop()` then leaves the
+    main thread blocked in `next_event()` for good. Closing the display connection makes
+    that call fail, which pystray's loop catches and returns from. Other backends have no
+    `_display` and never need this.
+    """
+    display = getattr(icon, "_display", None)
+    if display is None:
+        return
+    log.debug("the X11 tray loop did not stop; closing its display connection")
+    try:
+        display.close()
+    except Exception:
+        log.debug("closing the X11 display failed", exc_info=True)
 
 
 def model_present(model_dir: Path) -> bool:
