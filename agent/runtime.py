@@ -62,6 +62,8 @@ log = logging.getLogger("captaflow.agent")
 JOURNAL_FLUSH_SECONDS = 0.25  # guarantee 4: at most the last second of messages is lost
 HOUSEKEEPING_SECONDS = 0.25
 STATUS_SECONDS = 1.0
+SCORE_CHUNK = 128  # messages per scoring call when a backlog is drained (~1 s of work)
+INGEST_YIELD_EVERY = 64  # let scoring and housekeeping run during a burst of messages
 DISK_CHECK_SECONDS = 5.0
 STATUS_FILE = "status.json"
 
@@ -500,7 +502,13 @@ class _Pipeline:
 
     async def _ingest(self) -> None:
         skip_commands = self.s.audience.skip_commands
+        received = 0
         async for message in self.source.messages():
+            received += 1
+            if received % INGEST_YIELD_EVERY == 0:
+                # A source with a backlog (a replay at full speed, a burst in one frame)
+                # never suspends on its own; without this the scorer would wait for all of it.
+                await asyncio.sleep(0)
             scorable = is_audience(message, bots=self.bots, skip_commands=skip_commands)
             if not self.journal.add(message, session_id=self.session_id, scorable=scorable):
                 self.stats.duplicates += 1
@@ -573,7 +581,12 @@ class _Pipeline:
             await self._score_pending()
 
     async def _score_pending(self) -> None:
-        """Score every queued window in one call: small batches when quiet, big when busy."""
+        """Score the queued windows: small batches when quiet, big sorted ones when busy.
+
+        The sampling plan looks at the whole backlog; the scoring goes in chunks of about
+        SCORE_CHUNK messages, so the first readings of a backlog land (and show) while the
+        rest is still being scored.
+        """
         while self.scoring_queue:
             jobs, self.scoring_queue = self.scoring_queue, []
             sizes = [len(j.items) for j in jobs]
@@ -586,28 +599,36 @@ class _Pipeline:
                 uniform_sample(j.items, k, seed=j.batch_id) if k < len(j.items) else j.items
                 for j, k in zip(jobs, plan, strict=True)
             ]
-            texts = [i.text for items in chosen for i in items]
-            started = time.perf_counter()
-            scores = await asyncio.to_thread(self.scorer.score, texts)
-            elapsed = max(time.perf_counter() - started, 1e-6)
-            rate = len(texts) / elapsed
-            self.scorer_rate = (
-                rate if self.scorer_rate == 0 else 0.7 * self.scorer_rate + 0.3 * rate
-            )
-            offset = 0
-            for job, items in zip(jobs, chosen, strict=True):
-                block = scores[offset : offset + len(items)]
-                offset += len(items)
-                reading = self._reading_for(job, block)
-                self._append(reading)
-                self.stats.readings.append(reading)
-                if self.agent.previews is not None:
-                    for item, row in zip(items, block, strict=True):
-                        self.agent.previews.message(item.text, row)
-                    self.agent.previews.batch(reading)
-            self._confirm_written()
-            if self.stats.readings:
-                self.agent._set_status(dominant=self.stats.readings[-1].dominant)
+            start = 0
+            while start < len(jobs):
+                stop, count = start, 0
+                while stop < len(jobs) and (count == 0 or count + len(chosen[stop]) <= SCORE_CHUNK):
+                    count += len(chosen[stop])
+                    stop += 1
+                await self._score_jobs(jobs[start:stop], chosen[start:stop])
+                start = stop
+
+    async def _score_jobs(self, jobs: list[ScoringJob], chosen: list[list[WindowItem]]) -> None:
+        texts = [i.text for items in chosen for i in items]
+        started = time.perf_counter()
+        scores = await asyncio.to_thread(self.scorer.score, texts)
+        elapsed = max(time.perf_counter() - started, 1e-6)
+        rate = len(texts) / elapsed
+        self.scorer_rate = rate if self.scorer_rate == 0 else 0.7 * self.scorer_rate + 0.3 * rate
+        offset = 0
+        for job, items in zip(jobs, chosen, strict=True):
+            block = scores[offset : offset + len(items)]
+            offset += len(items)
+            reading = self._reading_for(job, block)
+            self._append(reading)
+            self.stats.readings.append(reading)
+            if self.agent.previews is not None:
+                for item, row in zip(items, block, strict=True):
+                    self.agent.previews.message(item.text, row)
+                self.agent.previews.batch(reading)
+        self._confirm_written()
+        if self.stats.readings:
+            self.agent._set_status(dominant=self.stats.readings[-1].dominant)
 
     def _append(self, reading: Reading) -> None:
         """Spool a reading; a full disk keeps it in memory (the spool retries) and says so."""
