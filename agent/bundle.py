@@ -136,13 +136,15 @@ def load_bundle(path: Path | str, *, verify_checksums: bool = True) -> ModelBund
         )
     manifest_path = root / MANIFEST_FILE
     if not manifest_path.is_file():
-        raise ModelBundleError(f"{manifest_path} is missing, so {root} is not a complete bundle: "
-                               f"{FIX_HINT}")
+        raise ModelBundleError(
+            f"{manifest_path} is missing, so {root} is not a complete bundle: {FIX_HINT}"
+        )
     try:
         manifest = Manifest.from_json(json.loads(manifest_path.read_text(encoding="utf-8")))
     except (ValueError, KeyError, TypeError) as exc:
-        raise ModelBundleError(f"{manifest_path} is not a valid manifest ({exc}): {FIX_HINT}") \
-            from exc
+        raise ModelBundleError(
+            f"{manifest_path} is not a valid manifest ({exc}): {FIX_HINT}"
+        ) from exc
     if manifest.labels != LABELS:
         raise ModelBundleError(
             f"the bundle at {root} has labels {list(manifest.labels)}, but CaptaFlow needs the "
