@@ -378,3 +378,37 @@ def test_readings_reach_s3_with_the_designed_keys(
     assert not list((tmp_path / "data" / "spool" / "sealed").rglob("*.csv"))
     body = s3.get_object(Bucket="agent-e2e", Key=keys[0])["Body"].read().decode()
     assert body.splitlines()[0] == ",".join(READING_COLUMNS)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX")
+@pytest.mark.timeout(120)
+def test_ctrl_c_stops_cleanly_sealing_the_part_and_printing_the_summary(
+    tmp_path: Path, tiny_bundle: Path
+) -> None:
+    import signal
+
+    env = {
+        **os.environ,
+        "CAPTAFLOW_CONFIG": str(tmp_path / "config.toml"),
+        "CAPTAFLOW_DATA_DIR": str(tmp_path / "data"),
+        "CAPTAFLOW_NO_KEYRING": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--source", "replay", "--file", str(DEMO),
+         "--speed", "5", "--model", str(tiny_bundle), "--quiet"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        status = tmp_path / "data" / "status.json"
+        wait_for(lambda: status.is_file() and json.loads(status.read_text())["readings_total"], 60)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "READINGS SUMMARY" in out and "Traceback" not in err
+    spool = tmp_path / "data" / "spool"
+    assert list((spool / "sealed").rglob("*.csv")), "Ctrl-C must seal the open part"
+    assert not list((spool / "open").glob("*"))
