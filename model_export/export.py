@@ -649,7 +649,7 @@ def export_bundle(
                 versions=package_versions(),
                 created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             )
-            progress(f"about to publish {out}")
+            progress(f"moving it into place: {out}")
             publish_bundle(staging, out, manifest)
             bundle = load_bundle(out)
         size = bundle.model_path.stat().st_size

@@ -221,7 +221,7 @@ def test_interrupted_export_keeps_old_bundle_and_leaves_nothing_complete(
     with pytest.raises(ModelBundleError, match="not a complete bundle"):
         load_bundle(stale)
 
-    stop = _InterruptAt("about to publish")
+    stop = _InterruptAt("moving it into place")
     with pytest.raises(KeyboardInterrupt):
         export_bundle(tiny_source, out, tolerance=RANDOM_MODEL_TOLERANCE, threads=1, progress=stop)
     assert any(line.startswith("quantising") for line in stop.seen)  # it got far
