@@ -25,6 +25,7 @@ without `time` the receive time is used; a number time may be seconds or millise
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -198,9 +199,9 @@ def decode_frame(frame: str | bytes) -> Any:
 Sleep = Callable[[float], Awaitable[Any]]
 
 
-class WebSocketJsonSource:
-    """A ChatSource over a JSON WebSocket feed. Subclasses set `name` and override `on_open`
-    (handshake) and `parse` (one decoded JSON value -> messages)."""
+class WebSocketJsonSource(abc.ABC):
+    """A ChatSource over a JSON WebSocket feed. Subclasses set `name`, implement `parse`
+    (one decoded JSON value -> messages) and may override `on_open` (handshake)."""
 
     name = "ws"
 
@@ -234,11 +235,12 @@ class WebSocketJsonSource:
 
     # -- hooks ---------------------------------------------------------------------------
 
-    async def on_open(self, ws: ClientConnection) -> None:
+    async def on_open(self, ws: ClientConnection) -> None:  # noqa: B027 (optional hook)
         """Handshake after connecting (subscribe, join, authenticate). Default: nothing."""
 
+    @abc.abstractmethod
     def parse(self, value: Any, received_at: float) -> Iterable[ChatMessage]:
-        raise NotImplementedError
+        """The chat messages one decoded frame holds (none for other events)."""
 
     # -- ChatSource ----------------------------------------------------------------------
 
