@@ -1,6 +1,6 @@
 """Generate agent/data/demo_chat.jsonl: the chat recording `captaflow demo` replays.
 
-A made-up, seeded seven-minute stream with moods a streamer would recognise: small talk,
+A made-up, seeded twelve-minute stream with moods a streamer would recognise: small talk,
 a clutch play (hype), a death (sadness), a jump scare (fear), a fail (laughter), a raid.
 Run: python packaging/make_demo_chat.py
 """
@@ -14,27 +14,31 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parents[1] / "agent" / "data" / "demo_chat.jsonl"
 START = 1_764_000_000.0  # 2025-11-24 16:00:00 UTC
 
+CALM = [
+    "hi chat",
+    "hello!",
+    "good evening everyone",
+    "how was your day",
+    "first time here",
+    "what game is this",
+    "love the new overlay",
+    "o7",
+    "hey @captaflow_demo",
+    "this song is a vibe",
+    "ResidentSleeper",
+    "can't wait for tonight",
+    "hmm",
+    "monkaHmm",
+    "any tips for the boss?",
+    "drink some water",
+    "Kappa",
+    "I think he goes left",
+]
+
+# (seconds, messages/s, lines). Calm stretches between the moments give the report's
+# moment detection a baseline to measure each spike against.
 PHASES = [
-    # (seconds, messages/s, lines)
-    (
-        60,
-        1.5,
-        [
-            "hi chat",
-            "hello!",
-            "good evening everyone",
-            "how was your day",
-            "first time here",
-            "lets gooo",
-            "what game is this",
-            "love the new overlay",
-            "o7",
-            "hey @captaflow_demo",
-            "this song is a vibe",
-            "ResidentSleeper",
-            "can't wait for tonight",
-        ],
-    ),
+    (240, 1.5, CALM),
     (
         45,
         6.0,
@@ -56,8 +60,8 @@ PHASES = [
         ],
     ),
     (
-        50,
-        2.0,
+        90,
+        1.5,
         [
             "I'm happy for you",
             "good game",
@@ -68,6 +72,7 @@ PHASES = [
             "love this stream <3",
             "peepoHappy",
             "you deserved it",
+            *CALM,
         ],
     ),
     (
@@ -87,20 +92,7 @@ PHASES = [
             "unlucky",
         ],
     ),
-    (
-        45,
-        1.5,
-        [
-            "chat is quiet",
-            "what happens next",
-            "I think he goes left",
-            "hmm",
-            "monkaHmm",
-            "any tips for the boss?",
-            "drink some water",
-            "Kappa",
-        ],
-    ),
+    (90, 1.5, CALM),
     (
         35,
         5.0,
@@ -117,6 +109,7 @@ PHASES = [
             "I'm scared",
         ],
     ),
+    (60, 1.5, CALM),
     (
         50,
         5.0,
@@ -134,10 +127,10 @@ PHASES = [
             "clip that LUL",
         ],
     ),
-    (30, 3.0, ["!uptime", "!discord", "!song"]),
+    (30, 1.5, ["!uptime", "!discord", "!song", *CALM]),
     (
         60,
-        2.0,
+        3.0,
         [
             "this is trash",
             "so annoying",

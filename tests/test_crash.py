@@ -68,16 +68,16 @@ def test_kill_9_at_random_instants_loses_nothing_and_counts_nothing_twice(
         aws_secret_access_key=s3_server["AWS_SECRET_ACCESS_KEY"],
     )
     s3.create_bucket(Bucket="crashes")
-    # The recording is 460 s long: at 60x a full run takes ~8 s plus start-up, so kills land
+    # The recording is 785 s long: at 120x a full run takes ~7 s plus start-up, so kills land
     # everywhere (start-up, recovery, mid-stream, during seals and uploads).
-    cmd = _agent_cmd(data_dir, tiny_bundle, "crashes", "60")
+    cmd = _agent_cmd(data_dir, tiny_bundle, "crashes", "120")
     kills = 0
     log = tmp_path / "agent-stderr.log"
     for _ in range(rounds):
         with log.open("wb") as stderr:
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
             try:
-                proc.wait(timeout=rng.uniform(0.3, 6.0))
+                proc.wait(timeout=rng.uniform(0.3, 8.0))
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(timeout=30)
