@@ -7,7 +7,7 @@
     ├── ExportError                the one-time export failed (offline, wrong id, parity)
     ├── SourceError                a chat source cannot go on (login refused, bad channel)
     ├── SpoolError                 the on-disk spool cannot be written or read
-    └── SyncError                  uploads to S3 fail (sync.UploadError.retry: whether waiting helps)
+    └── SyncError                  uploads to S3 fail (UploadError.retry: can waiting help?)
 
 Every message names the value or path involved and says what to do, in one line.
 Third-party errors (onnxruntime, websockets, boto3) are translated at the boundary.
