@@ -126,6 +126,11 @@ class ModelBundle:
         return self.manifest.source_model_id
 
 
+def model_present(model_dir: Path) -> bool:
+    """Cheap first-run check (the agent verifies the bundle's checksums when it starts)."""
+    return (model_dir / MANIFEST_FILE).is_file() and (model_dir / MODEL_FILE).is_file()
+
+
 def load_bundle(path: Path | str, *, verify_checksums: bool = True) -> ModelBundle:
     """Open a bundle, or raise ModelBundleError with one line that says what to do."""
     root = Path(path).expanduser()

@@ -148,10 +148,10 @@ def _previews(settings: Any, quiet: bool) -> Any:
 
 
 def _require_model(settings: Any) -> None:
-    from agent.bundle import MANIFEST_FILE
+    from agent.bundle import model_present
 
     model_dir = Path(settings.model.dir)
-    if not (model_dir / MANIFEST_FILE).is_file():
+    if not model_present(model_dir):
         raise CaptaFlowError(
             f"no model at {model_dir}: export it once with `captaflow export-model` "
             f"(downloads about 500 MB once, needs internet; takes a few minutes) "
@@ -163,6 +163,12 @@ def _require_model(settings: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> int:
+    _run_agent(args, extra)
+    return 0
+
+
+def _run_agent(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Any:
+    """Run the agent headless until its source ends or Ctrl-C; returns the settings used."""
     from agent.logs import setup_logging
     from agent.runtime import Agent
     from agent.single_instance import SingleInstance
@@ -186,13 +192,13 @@ def cmd_run(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> in
             f"{status.parts_waiting}",
             file=sys.stderr,
         )
-    return 0
+    return settings
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     demo = resources.files("agent") / "data" / DEMO_FILE
     with resources.as_file(demo) as path:
-        code = cmd_run(
+        settings = _run_agent(
             args,
             {
                 "source.kind": "replay",
@@ -201,7 +207,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "source.channel": "",
             },
         )
-    settings = _settings(args)
     try:
         from agent.report import build_report
 
@@ -209,13 +214,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             Path(settings.spool.dir),
             latest=True,
             displayed=tuple(settings.display.emotions),
-            out=Path(settings.data_dir) / "reports" / "demo.html",
+            out=Path(settings.reports_dir) / "demo.html",
             samples=_journal_samples(settings),
         )
         print(f"report: {out}", file=sys.stderr)
     except CaptaFlowError as exc:
         print(f"captaflow: report skipped: {exc}", file=sys.stderr)
-    return code
+    return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -362,7 +367,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = (
         Path(args.out)
         if args.out
-        else Path(settings.data_dir) / "reports" / (f"{args.session or 'latest'}.html")
+        else Path(settings.reports_dir) / (f"{args.session or 'latest'}.html")
     )
     path = build_report(
         Path(settings.spool.dir),

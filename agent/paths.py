@@ -51,7 +51,9 @@ class Locations:
     @property
     def lock_file(self) -> Path:
         # Beside the data it protects: two agents on one data dir would fight over the spool.
-        return self.data_dir / "captaflow.lock"
+        from agent.single_instance import LOCK_FILE_NAME
+
+        return self.data_dir / LOCK_FILE_NAME
 
 
 def _expand(raw: str | os.PathLike[str]) -> Path:

@@ -493,8 +493,10 @@ class _Pipeline:
     # -- ingestion ---------------------------------------------------------------------------
 
     def _on_moderation(self, event: Any) -> None:
-        with contextlib.suppress(Exception):
+        try:
             self.journal.record_moderation(event)
+        except Exception:  # a moderation record is worth a log line, never the agent
+            log.warning("could not record a moderation event %r", event, exc_info=True)
         if getattr(event, "message_id", None):
             self.deleted_ids.add(event.message_id)
         elif getattr(event, "author", None):

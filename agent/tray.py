@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
 
+from agent.bundle import model_present
 from agent.errors import CaptaFlowError
 from agent.icons import IconState, render_icon
 from agent.vocab import AgentState, AgentStatus, SourceState
@@ -526,13 +527,6 @@ def _unblock_x11_loop(icon: Any) -> None:
         display.close()
     except Exception:
         log.debug("closing the X11 display failed", exc_info=True)
-
-
-def model_present(model_dir: Path) -> bool:
-    """Cheap first-run check (the agent verifies the bundle's checksums when it starts)."""
-    from agent.bundle import MANIFEST_FILE, MODEL_FILE
-
-    return (model_dir / MANIFEST_FILE).is_file() and (model_dir / MODEL_FILE).is_file()
 
 
 def run_tray(
