@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 import os
 import re
 import tomllib
@@ -32,9 +31,24 @@ from types import MappingProxyType
 from typing import Any
 
 from agent import logs
+from agent.checks import (
+    Expected,
+    boolean,
+    bucket_name,
+    choice,
+    dotted_path,
+    key_prefix,
+    name_or_empty,
+    names_list,
+    number,
+    speed,
+    subset,
+    text,
+    whole,
+)
 from agent.errors import SettingsError
 from agent.paths import Locations, resolve_locations
-from agent.vocab import DEFAULT_DISPLAYED, LABELS, validate_name
+from agent.vocab import DEFAULT_DISPLAYED, LABELS
 
 SOURCE_KINDS = ("twitch", "streamerbot", "ssn", "ws", "replay")
 PREVIEWS = ("message", "batch", "summary")
@@ -42,172 +56,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 KEYRING_SERVICE = "CaptaFlow"
 NO_KEYRING_ENV = "CAPTAFLOW_NO_KEYRING"
-
-
-# ---------------------------------------------------------------------------------------------
-# Value checks: each takes the raw value (from TOML, or a string from the command line) and
-# returns the normalised value, or raises ValueError whose text is what was expected.
-
-
-class _Expected(ValueError):
-    pass
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _as_number(value: Any, from_cli: bool) -> float:
-    if from_cli and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if not _is_number(value) or not math.isfinite(value):
-        raise _Expected("")
-    return float(value)
-
-
-def whole(minimum: int) -> Callable[[Any, bool], int]:
-    expected = f"a whole number ≥ {minimum}"
-
-    def check(value: Any, from_cli: bool) -> int:
-        if from_cli and isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise _Expected(expected)
-        return value
-
-    return check
-
-
-def number(minimum: float, *, inclusive: bool = True, maximum: float | None = None) -> Callable:
-    low = "≥" if inclusive else ">"
-    expected = f"a number {low} {minimum:g}" + (f" and ≤ {maximum:g}" if maximum else "")
-
-    def check(value: Any, from_cli: bool) -> float:
-        try:
-            result = _as_number(value, from_cli)
-        except _Expected:
-            raise _Expected(expected) from None
-        too_low = result < minimum if inclusive else result <= minimum
-        if too_low or (maximum is not None and result > maximum):
-            raise _Expected(expected)
-        return result
-
-    return check
-
-
-def boolean(value: Any, from_cli: bool) -> bool:
-    if from_cli and isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-        return value.lower() in ("true", "1")
-    if not isinstance(value, bool):
-        raise _Expected("true or false")
-    return value
-
-
-def text(value: Any, from_cli: bool) -> str:
-    if not isinstance(value, str):
-        raise _Expected("a text in double quotes")
-    return value.strip()
-
-
-def choice(*options: str) -> Callable[[Any, bool], str]:
-    expected = "one of " + ", ".join(f'"{option}"' for option in options)
-
-    def check(value: Any, from_cli: bool) -> str:
-        if not isinstance(value, str) or value.strip().lower() not in options:
-            raise _Expected(expected)
-        return value.strip().lower()
-
-    return check
-
-
-def name_or_empty(what: str) -> Callable[[Any, bool], str]:
-    def check(value: Any, from_cli: bool) -> str:
-        if not isinstance(value, str):
-            raise _Expected(f"a {what} name in double quotes")
-        if not value.strip():
-            return ""
-        try:
-            return validate_name(value, what)
-        except ValueError:
-            raise _Expected(
-                f"a {what} name of 1-100 letters, digits, '_' or '-' (for example \"xqcow\")"
-            ) from None
-
-    return check
-
-
-def subset(options: tuple[str, ...]) -> Callable[[Any, bool], tuple[str, ...]]:
-    expected = "a non-empty list drawn from " + ", ".join(f'"{option}"' for option in options)
-
-    def check(value: Any, from_cli: bool) -> tuple[str, ...]:
-        if from_cli and isinstance(value, str):
-            value = [part for part in re.split(r"[,\s]+", value) if part]
-        if not isinstance(value, list | tuple) or not value:
-            raise _Expected(expected)
-        chosen: list[str] = []
-        for item in value:
-            if not isinstance(item, str) or item.strip().lower() not in options:
-                raise _Expected(expected)
-            if item.strip().lower() not in chosen:
-                chosen.append(item.strip().lower())
-        # Keep the model's order, whatever order the user typed: charts and ties rely on it.
-        return tuple(option for option in options if option in chosen)
-
-    return check
-
-
-def names_list(value: Any, from_cli: bool) -> tuple[str, ...]:
-    if from_cli and isinstance(value, str):
-        value = [part for part in re.split(r"[,\s]+", value) if part]
-    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
-        raise _Expected('a list of names in double quotes, for example ["nightbot", "moobot"]')
-    return tuple(sorted({item.strip().lstrip("@").lower() for item in value if item.strip()}))
-
-
-def speed(value: Any, from_cli: bool) -> float | str:
-    expected = '"recorded", "max" or a speed-up factor > 0 such as 4'
-    if isinstance(value, str):
-        word = value.strip().lower()
-        if word == "recorded":
-            return 1.0
-        if word == "max":
-            return "max"
-        try:
-            value = float(word.removesuffix("x"))  # "4x" reads as 4
-        except ValueError:
-            raise _Expected(expected) from None
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:
-        raise _Expected(expected)
-    return float(value)
-
-
-def bucket_name(value: Any, from_cli: bool) -> str:
-    if not isinstance(value, str):
-        raise _Expected("an S3 bucket name in double quotes")
-    value = value.strip().removeprefix("s3://").rstrip("/")
-    if value and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
-        raise _Expected("an S3 bucket name: 3-63 lower-case letters, digits, '.' or '-'")
-    return value
-
-
-def key_prefix(value: Any, from_cli: bool) -> str:
-    if not isinstance(value, str):
-        raise _Expected("an S3 key prefix in double quotes")
-    value = value.strip().strip("/")
-    if not re.fullmatch(r"[A-Za-z0-9._/-]*", value) or "//" in value or ".." in value:
-        raise _Expected("an S3 key prefix of letters, digits, '.', '_', '-' and '/'")
-    return value
-
-
-def dotted_path(value: Any, from_cli: bool) -> str:
-    if not isinstance(value, str) or not re.fullmatch(
-        r"[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*", value
-    ):
-        raise _Expected('a dotted path into the JSON message, for example "data.message.text"')
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -707,7 +555,7 @@ def _check(dotted: str, raw: Any, where: str, from_cli: bool) -> Any:
     spec = next(key for key in _SCHEMA[section] if key.name == name)
     try:
         return spec.check(raw, from_cli)
-    except _Expected as error:
+    except Expected as error:
         raise SettingsError(f"{dotted} = {_toml_repr(raw)} {where}: expected {error}") from None
 
 

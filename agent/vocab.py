@@ -85,6 +85,26 @@ class ChatMessage:
     received_at: float
     action: bool = False
     author_name: str = ""
+    # The bridge that carried the message ("streamerbot", "ssn", "ws"), "" when the source
+    # reads the platform itself. `platform` is always the platform the chat came from.
+    via: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModerationEvent:
+    """A moderator removed chat: one message (clearmsg), a user's messages or all (clearchat).
+
+    `author` is the same value as `ChatMessage.author` of the removed viewer (the platform's
+    user id where it has one); `message_id` and `author` both None means the whole chat was
+    cleared. Every source that reports moderation produces this one type.
+    """
+
+    platform: str
+    channel: str
+    kind: str  # "clearmsg" | "clearchat"
+    message_id: str | None
+    author: str | None
+    at: float
 
 
 def format_timestamp(unix_seconds: float) -> str:

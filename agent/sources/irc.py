@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from agent.vocab import ChatMessage, content_message_id, validate_name
+from agent.vocab import ChatMessage, ModerationEvent, content_message_id, validate_name
 
 PLATFORM = "twitch"
 CAPABILITIES = "twitch.tv/tags twitch.tv/commands"
@@ -274,22 +274,6 @@ def chat_text(msg: IrcMessage) -> tuple[str | None, bool]:
 
 
 # --------------------------------------------------------------------------- session events
-
-
-@dataclass(frozen=True, slots=True)
-class ModerationEvent:
-    """A moderator removed chat: one message (clearmsg), a user's messages or all (clearchat).
-
-    `author` is the Twitch user id for clearchat (the same value as `ChatMessage.author`) or
-    the login for clearmsg; both None for clearchat means the whole chat was cleared.
-    """
-
-    platform: str
-    channel: str
-    kind: str  # "clearmsg" | "clearchat"
-    message_id: str | None
-    author: str | None
-    at: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,9 +37,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 
 from agent.errors import SourceError
-from agent.sources.irc import ModerationEvent
 from agent.sources.jsonws import WebSocketJsonSource, get_path, platform_name, scalar_text, time_or
-from agent.vocab import ChatMessage, content_message_id, validate_name
+from agent.vocab import ChatMessage, ModerationEvent, content_message_id, validate_name
 
 log = logging.getLogger(__name__)
 

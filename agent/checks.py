@@ -1,0 +1,178 @@
+"""Value checks shared by the settings schema and the source descriptors: one validator per value.
+
+Each check takes the raw value (from TOML, or a string from the command line when `from_cli`)
+and returns the normalised value, or raises `Expected` whose text says what was expected. The
+settings loader turns that into one line naming the key, the value and where it came from.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+from agent.vocab import validate_name
+
+Check = Callable[[Any, bool], Any]
+
+
+class Expected(ValueError):
+    """A value did not pass its check; the text says what was expected."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _as_number(value: Any, from_cli: bool) -> float:
+    if from_cli and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if not _is_number(value) or not math.isfinite(value):
+        raise Expected("")
+    return float(value)
+
+
+def whole(minimum: int) -> Callable[[Any, bool], int]:
+    expected = f"a whole number ≥ {minimum}"
+
+    def check(value: Any, from_cli: bool) -> int:
+        if from_cli and isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise Expected(expected)
+        return value
+
+    return check
+
+
+def number(minimum: float, *, inclusive: bool = True, maximum: float | None = None) -> Callable:
+    low = "≥" if inclusive else ">"
+    expected = f"a number {low} {minimum:g}" + (f" and ≤ {maximum:g}" if maximum else "")
+
+    def check(value: Any, from_cli: bool) -> float:
+        try:
+            result = _as_number(value, from_cli)
+        except Expected:
+            raise Expected(expected) from None
+        too_low = result < minimum if inclusive else result <= minimum
+        if too_low or (maximum is not None and result > maximum):
+            raise Expected(expected)
+        return result
+
+    return check
+
+
+def boolean(value: Any, from_cli: bool) -> bool:
+    if from_cli and isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    if not isinstance(value, bool):
+        raise Expected("true or false")
+    return value
+
+
+def text(value: Any, from_cli: bool) -> str:
+    if not isinstance(value, str):
+        raise Expected("a text in double quotes")
+    return value.strip()
+
+
+def choice(*options: str) -> Callable[[Any, bool], str]:
+    expected = "one of " + ", ".join(f'"{option}"' for option in options)
+
+    def check(value: Any, from_cli: bool) -> str:
+        if not isinstance(value, str) or value.strip().lower() not in options:
+            raise Expected(expected)
+        return value.strip().lower()
+
+    return check
+
+
+def name_or_empty(what: str) -> Callable[[Any, bool], str]:
+    def check(value: Any, from_cli: bool) -> str:
+        if not isinstance(value, str):
+            raise Expected(f"a {what} name in double quotes")
+        if not value.strip():
+            return ""
+        try:
+            return validate_name(value, what)
+        except ValueError:
+            raise Expected(
+                f"a {what} name of 1-100 letters, digits, '_' or '-' (for example \"xqcow\")"
+            ) from None
+
+    return check
+
+
+def subset(options: tuple[str, ...]) -> Callable[[Any, bool], tuple[str, ...]]:
+    expected = "a non-empty list drawn from " + ", ".join(f'"{option}"' for option in options)
+
+    def check(value: Any, from_cli: bool) -> tuple[str, ...]:
+        if from_cli and isinstance(value, str):
+            value = [part for part in re.split(r"[,\s]+", value) if part]
+        if not isinstance(value, list | tuple) or not value:
+            raise Expected(expected)
+        chosen: list[str] = []
+        for item in value:
+            if not isinstance(item, str) or item.strip().lower() not in options:
+                raise Expected(expected)
+            if item.strip().lower() not in chosen:
+                chosen.append(item.strip().lower())
+        # Keep the model's order, whatever order the user typed: charts and ties rely on it.
+        return tuple(option for option in options if option in chosen)
+
+    return check
+
+
+def names_list(value: Any, from_cli: bool) -> tuple[str, ...]:
+    if from_cli and isinstance(value, str):
+        value = [part for part in re.split(r"[,\s]+", value) if part]
+    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+        raise Expected('a list of names in double quotes, for example ["nightbot", "moobot"]')
+    return tuple(sorted({item.strip().lstrip("@").lower() for item in value if item.strip()}))
+
+
+def speed(value: Any, from_cli: bool) -> float | str:
+    expected = '"recorded", "max" or a speed-up factor > 0 such as 4'
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word == "recorded":
+            return 1.0
+        if word == "max":
+            return "max"
+        try:
+            value = float(word.removesuffix("x"))  # "4x" reads as 4
+        except ValueError:
+            raise Expected(expected) from None
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+        raise Expected(expected)
+    return float(value)
+
+
+def bucket_name(value: Any, from_cli: bool) -> str:
+    if not isinstance(value, str):
+        raise Expected("an S3 bucket name in double quotes")
+    value = value.strip().removeprefix("s3://").rstrip("/")
+    if value and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
+        raise Expected("an S3 bucket name: 3-63 lower-case letters, digits, '.' or '-'")
+    return value
+
+
+def key_prefix(value: Any, from_cli: bool) -> str:
+    if not isinstance(value, str):
+        raise Expected("an S3 key prefix in double quotes")
+    value = value.strip().strip("/")
+    if not re.fullmatch(r"[A-Za-z0-9._/-]*", value) or "//" in value or ".." in value:
+        raise Expected("an S3 key prefix of letters, digits, '.', '_', '-' and '/'")
+    return value
+
+
+def dotted_path(value: Any, from_cli: bool) -> str:
+    if not isinstance(value, str) or not re.fullmatch(
+        r"[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*", value
+    ):
+        raise Expected('a dotted path into the JSON message, for example "data.message.text"')
+    return value
