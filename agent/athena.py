@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 
+from agent.checks import bucket_name, key_prefix, require
 from agent.errors import SettingsError
 from agent.vocab import DEFAULT_DISPLAYED, LABELS, READING_COLUMNS
 
@@ -54,10 +55,6 @@ _COLUMN_COMMENTS: dict[str, str] = {
     "dominant": "displayed label with the highest mean",
 }
 
-# S3 bucket names: 3-63 of lower-case letters, digits, '.', '-', starting and ending with a
-# letter or digit.
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.=/-]*$")
 _TABLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,254}$")
 
 
@@ -77,18 +74,11 @@ def _check_table_name(value: str, what: str) -> str:
 
 def s3_location(bucket: str, prefix: str) -> str:
     """``s3://bucket/prefix/`` with the prefix's slashes normalised; SettingsError if bad."""
-    if not _BUCKET_RE.match(bucket) or ".." in bucket:
-        raise SettingsError(
-            f"bucket {bucket!r} is not a valid S3 bucket name: use 3-63 lower-case letters, "
-            "digits, '.' or '-' (set --bucket)"
-        )
-    clean = prefix.strip("/")
-    if not _PREFIX_RE.match(clean) or "//" in clean:
-        raise SettingsError(
-            f"prefix {prefix!r} is not valid: use letters, digits and '_', '-', '.', '/' "
-            "(set --prefix, for example 'captaflow')"
-        )
-    return f"s3://{bucket}/{clean}/" if clean else f"s3://{bucket}/"
+    if not bucket.strip():
+        raise SettingsError("no bucket given: set --bucket NAME (or sync.bucket)")
+    name = require(bucket_name, bucket, "bucket", what_to_do="set --bucket")
+    clean = require(key_prefix, prefix, "prefix", what_to_do="set --prefix")
+    return f"s3://{name}/{clean}/" if clean else f"s3://{name}/"
 
 
 def athena_ddl(

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from agent.errors import SettingsError
 from agent.vocab import validate_name
 
 Check = Callable[[Any, bool], Any]
@@ -36,22 +37,32 @@ def _as_number(value: Any, from_cli: bool) -> float:
     return float(value)
 
 
-def whole(minimum: int) -> Callable[[Any, bool], int]:
-    expected = f"a whole number ≥ {minimum}"
+def whole(minimum: int, maximum: int | None = None, *, why: str = "") -> Callable[[Any, bool], int]:
+    """A whole number in [minimum, maximum]; `why` says where the maximum comes from."""
+    if maximum is None:
+        expected = f"a whole number ≥ {minimum}"
+    else:
+        expected = f"a whole number from {minimum} to {maximum}" + (f" ({why})" if why else "")
 
     def check(value: Any, from_cli: bool) -> int:
         if from_cli and isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise Expected(expected)
+        if maximum is not None and value > maximum:
+            raise Expected(expected)
         return value
 
     return check
 
 
-def number(minimum: float, *, inclusive: bool = True, maximum: float | None = None) -> Callable:
+def number(
+    minimum: float, *, inclusive: bool = True, maximum: float | None = None
+) -> Callable[[Any, bool], float]:
     low = "≥" if inclusive else ">"
-    expected = f"a number {low} {minimum:g}" + (f" and ≤ {maximum:g}" if maximum else "")
+    expected = f"a number {low} {minimum:g}" + (
+        f" and ≤ {maximum:g}" if maximum is not None else ""
+    )
 
     def check(value: Any, from_cli: bool) -> float:
         try:
@@ -74,9 +85,14 @@ def boolean(value: Any, from_cli: bool) -> bool:
     return value
 
 
+MAX_TEXT = 2000  # a URL or a path; anything longer is a paste gone wrong
+
+
 def text(value: Any, from_cli: bool) -> str:
     if not isinstance(value, str):
         raise Expected("a text in double quotes")
+    if len(value) > MAX_TEXT or "\x00" in value:
+        raise Expected(f"a text of at most {MAX_TEXT} characters")
     return value.strip()
 
 
@@ -127,16 +143,25 @@ def subset(options: tuple[str, ...]) -> Callable[[Any, bool], tuple[str, ...]]:
     return check
 
 
+MAX_NAMES = 1000
+
+
 def names_list(value: Any, from_cli: bool) -> tuple[str, ...]:
     if from_cli and isinstance(value, str):
         value = [part for part in re.split(r"[,\s]+", value) if part]
-    if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
-        raise Expected('a list of names in double quotes, for example ["nightbot", "moobot"]')
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) > MAX_NAMES
+        or not all(isinstance(item, str) and len(item) <= 100 for item in value)
+    ):
+        raise Expected(
+            f'a list of at most {MAX_NAMES} names in double quotes, for example ["nightbot"]'
+        )
     return tuple(sorted({item.strip().lstrip("@").lower() for item in value if item.strip()}))
 
 
 def speed(value: Any, from_cli: bool) -> float | str:
-    expected = '"recorded", "max" or a speed-up factor > 0 such as 4'
+    expected = '"recorded", "max" or a speed-up factor from 0 to 10000 such as 4'
     if isinstance(value, str):
         word = value.strip().lower()
         if word == "recorded":
@@ -147,27 +172,69 @@ def speed(value: Any, from_cli: bool) -> float | str:
             value = float(word.removesuffix("x"))  # "4x" reads as 4
         except ValueError:
             raise Expected(expected) from None
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+    if not _is_number(value) or not math.isfinite(value) or not 0 < value <= 10_000:
         raise Expected(expected)
     return float(value)
 
 
 def bucket_name(value: Any, from_cli: bool) -> str:
+    """An S3 bucket name ("" = none); "s3://name/" is read as "name"."""
     if not isinstance(value, str):
         raise Expected("an S3 bucket name in double quotes")
     value = value.strip().removeprefix("s3://").rstrip("/")
-    if value and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
+    if value and (not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value) or ".." in value):
         raise Expected("an S3 bucket name: 3-63 lower-case letters, digits, '.' or '-'")
     return value
 
 
+_PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9._=-]+")
+
+
 def key_prefix(value: Any, from_cli: bool) -> str:
+    """The canonical S3 key prefix: no leading or trailing '/', "" = the bucket's root.
+
+    Segments are letters, digits and . _ = - only, never empty, "." or "..", so a prefix can
+    neither escape nor alias another folder, and it needs no quoting in Athena's LOCATION.
+    """
     if not isinstance(value, str):
         raise Expected("an S3 key prefix in double quotes")
-    value = value.strip().strip("/")
-    if not re.fullmatch(r"[A-Za-z0-9._/-]*", value) or "//" in value or ".." in value:
-        raise Expected("an S3 key prefix of letters, digits, '.', '_', '-' and '/'")
+    canonical = value.strip().strip("/")
+    if len(canonical) > 512:
+        raise Expected("an S3 key prefix of at most 512 characters")
+    if canonical and any(
+        segment in (".", "..") or not _PREFIX_SEGMENT.fullmatch(segment)
+        for segment in canonical.split("/")
+    ):
+        raise Expected(
+            "an S3 key prefix of letters, digits and - _ . = separated by single '/' "
+            '(for example "captaflow" or "team/readings")'
+        )
+    return canonical
+
+
+# AWS region names: eu-west-1, us-gov-west-1, ap-southeast-3, cn-north-1 ... S3-compatible
+# stores that take any region (Cloudflare R2) use "auto".
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+){1,3}-\d{1,2}|auto")
+
+
+def aws_region(value: Any, from_cli: bool) -> str:
+    """An AWS region name, or "" for the AWS default."""
+    if not isinstance(value, str):
+        raise Expected("an AWS region in double quotes")
+    value = value.strip().lower()
+    if value and not _REGION.fullmatch(value):
+        raise Expected('an AWS region such as "eu-west-1" or "us-east-1" (or "" for the default)')
     return value
+
+
+def require(check: Check, value: Any, key: str, *, what_to_do: str = "") -> Any:
+    """`check(value)`, or a SettingsError naming `key` (for values that do not come from the
+    settings file, such as a bucket passed to the uploader by code)."""
+    try:
+        return check(value, False)
+    except Expected as error:
+        tail = f"; {what_to_do}" if what_to_do else ""
+        raise SettingsError(f"{key} = {value!r}: expected {error}{tail}") from None
 
 
 def dotted_path(value: Any, from_cli: bool) -> str:

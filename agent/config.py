@@ -33,6 +33,7 @@ from typing import Any
 from agent import logs
 from agent.checks import (
     Expected,
+    aws_region,
     boolean,
     bucket_name,
     choice,
@@ -53,6 +54,11 @@ from agent.vocab import DEFAULT_DISPLAYED, LABELS
 SOURCE_KINDS = ("twitch", "streamerbot", "ssn", "ws", "replay")
 PREVIEWS = ("message", "batch", "summary")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# Upper bounds: a value past them is a typo (an extra zero), not a wish, and some would hang
+# the agent (100000 scoring threads) or fill the disk before any warning.
+CPU_CORES = os.cpu_count() or 1
+MAX_MB = 1_048_576  # 1 TB
 
 KEYRING_SERVICE = "CaptaFlow"
 NO_KEYRING_ENV = "CAPTAFLOW_NO_KEYRING"
@@ -151,7 +157,7 @@ _SCHEMA: dict[str, tuple[_Key, ...]] = {
         _Key(
             "threads",
             1,
-            whole(1),
+            whole(1, CPU_CORES, why="the CPU cores of this PC"),
             "CPU threads used for scoring. 1 keeps the game and the encoder smooth.",
         ),
         _Key(
@@ -170,29 +176,29 @@ _SCHEMA: dict[str, tuple[_Key, ...]] = {
         _Key(
             "cache_size",
             50000,
-            whole(0),
+            whole(0, 1_000_000),
             "How many recent message texts to remember scores for (chat repeats itself).",
         ),
     ),
     "window": (
-        _Key("messages", 10, whole(1), "A reading is made every this many messages ..."),
+        _Key("messages", 10, whole(1, 10_000), "A reading is made every this many messages ..."),
         _Key(
             "seconds",
             0.0,
-            number(0),
+            number(0, maximum=3600),
             "... or every this many seconds, whichever comes first (0 = count messages only).",
         ),
         _Key(
             "max_age_seconds",
             30.0,
-            number(0, inclusive=False),
+            number(0, inclusive=False, maximum=3600),
             "A window still open after this long is closed anyway, so a quiet chat still\n"
             "produces readings.",
         ),
         _Key(
             "max_lag_seconds",
             5.0,
-            number(0, inclusive=False),
+            number(0, inclusive=False, maximum=600),
             "When chat is busier than the CPU can score, windows are sampled so readings never\n"
             "fall further behind than this.",
         ),
@@ -220,9 +226,24 @@ _SCHEMA: dict[str, tuple[_Key, ...]] = {
             'Where readings wait as CSV files. Empty = the "spool" folder in the data folder.',
             is_path=True,
         ),
-        _Key("part_max_rows", 5000, whole(1), "A CSV part is sealed after this many readings ..."),
-        _Key("part_max_seconds", 300.0, number(0, inclusive=False), "... or this many seconds."),
-        _Key("max_disk_mb", 2048, whole(1), "Disk space the waiting parts may use while offline."),
+        _Key(
+            "part_max_rows",
+            5000,
+            whole(1, 1_000_000),
+            "A CSV part is sealed after this many readings ...",
+        ),
+        _Key(
+            "part_max_seconds",
+            300.0,
+            number(0, inclusive=False, maximum=86_400),
+            "... or this many seconds.",
+        ),
+        _Key(
+            "max_disk_mb",
+            2048,
+            whole(1, MAX_MB),
+            "Disk space the waiting parts may use while offline.",
+        ),
         _Key(
             "warn_fraction",
             0.8,
@@ -244,19 +265,19 @@ _SCHEMA: dict[str, tuple[_Key, ...]] = {
         _Key(
             "region",
             "",
-            text,
+            aws_region,
             'The bucket\'s region, for example "eu-west-1". Empty = AWS default.',
         ),
         _Key(
             "interval_seconds",
             30.0,
-            number(0, inclusive=False),
+            number(0, inclusive=False, maximum=86_400),
             "How often to look for parts to upload.",
         ),
     ),
     "journal": (
-        _Key("retention_days", 30, whole(1), "Keep received messages this many days ..."),
-        _Key("max_mb", 1024, whole(1), "... and at most this much disk."),
+        _Key("retention_days", 30, whole(1, 3650), "Keep received messages this many days ..."),
+        _Key("max_mb", 1024, whole(1, MAX_MB), "... and at most this much disk."),
     ),
     "log": (
         _Key(

@@ -13,10 +13,24 @@ import re
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from agent.config import Settings
+
+class _LevelSetting(Protocol):
+    @property
+    def level(self) -> str: ...
+
+
+class LogTarget(Protocol):
+    """What logging needs of the settings; a Protocol, so this module imports no settings
+    (config imports logs to register the secrets it reads)."""
+
+    @property
+    def log_dir(self) -> Path: ...
+
+    @property
+    def log(self) -> _LevelSetting: ...
+
 
 LOG_FILE_NAME = "captaflow.log"
 MAX_BYTES = 2 * 1024 * 1024
@@ -97,7 +111,7 @@ _installed: list[logging.Handler] = []
 
 
 def setup_logging(
-    target: Settings | Path | None,
+    target: LogTarget | Path | None,
     level: str | None = None,
     *,
     console: bool = False,
@@ -118,7 +132,7 @@ def setup_logging(
         log_dir = target
         level = level or "info"
     else:
-        log_dir = target.paths.log_dir
+        log_dir = target.log_dir
         level = level or target.log.level
     if debug:
         level = "debug"

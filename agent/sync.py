@@ -54,6 +54,7 @@ from botocore import exceptions as boto_errors
 from botocore.config import Config
 
 from agent import __version__
+from agent.checks import bucket_name, key_prefix, require
 from agent.credentials import aws_session
 from agent.errors import SettingsError, SyncError
 from agent.vocab import validate_name
@@ -74,7 +75,6 @@ Failure = Literal["retry", "fatal"]
 # -- planning (pure: reads a directory listing, no network) ----------------------------------
 
 _PART_NAME_RE = re.compile(r"^(?P<session>[a-z0-9_][a-z0-9_-]{0,99})-(?P<part>\d{5,})\.csv$")
-_PREFIX_SEGMENT_RE = re.compile(r"^[A-Za-z0-9!_.*'()=-]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,20 +91,10 @@ class UploadItem:
 def validate_prefix(prefix: str) -> str:
     """The canonical key prefix (no leading or trailing '/'), or SettingsError.
 
-    Empty is allowed (keys then start at `platform=`). Segments are S3's "safe" characters
-    only, never empty, '.' or '..', so a prefix cannot escape or alias another folder.
+    Empty is allowed (keys then start at `platform=`); the rule is `checks.key_prefix`, the
+    same one the settings and Athena apply.
     """
-    canonical = prefix.strip().strip("/")
-    if not canonical:
-        return ""
-    for segment in canonical.split("/"):
-        if segment in ("", ".", "..") or not _PREFIX_SEGMENT_RE.match(segment):
-            raise SettingsError(
-                f"S3 prefix {prefix!r} is not valid: use letters, digits and - _ . separated "
-                f"by single '/' (for example 'captaflow' or 'team/readings'); fix sync.prefix "
-                f"or --prefix"
-            )
-    return canonical
+    return str(require(key_prefix, prefix, "sync.prefix", what_to_do="fix sync.prefix or --prefix"))
 
 
 def object_key(prefix: str, relative: str) -> str:
@@ -430,17 +420,8 @@ class ObjectStore(Protocol):
     def describe(self) -> str: ...
 
 
-_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-
-
 def validate_bucket(bucket: str) -> str:
-    name = bucket.strip()
-    if not _BUCKET_RE.match(name) or ".." in name:
-        raise SettingsError(
-            f"bucket name {bucket!r} is not valid: S3 bucket names are 3-63 lower-case "
-            f"letters, digits, '.' or '-'; fix sync.bucket (--bucket)"
-        )
-    return name
+    return str(require(bucket_name, bucket, "sync.bucket", what_to_do="fix sync.bucket (--bucket)"))
 
 
 def validate_endpoint(endpoint_url: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -149,7 +150,47 @@ def test_replay_speed(config: Path, raw: str, expected: object) -> None:
 
 def test_a_bad_value_names_key_value_file_and_expectation(config: Path) -> None:
     message = error_of(config, "[window]\nmessages = -3\n")
-    assert message == f"window.messages = -3 in {config}: expected a whole number ≥ 1"
+    assert message == f"window.messages = -3 in {config}: expected a whole number from 1 to 10000"
+
+
+WHOLE = "a whole number from"
+BOUNDED = [
+    # (key, a value past its bound, what the message says is allowed)
+    ("model.threads", "100000", f"{WHOLE} 1 to {os.cpu_count()} (the CPU cores of this PC)"),
+    ("model.cache_size", "100000000", f"{WHOLE} 0 to 1000000"),
+    ("window.messages", "1000000", f"{WHOLE} 1 to 10000"),
+    ("window.seconds", "1e9", "a number ≥ 0 and ≤ 3600"),
+    ("window.max_age_seconds", "inf", "a number > 0 and ≤ 3600"),
+    ("window.max_lag_seconds", "601", "a number > 0 and ≤ 600"),
+    ("spool.part_max_rows", "99999999", f"{WHOLE} 1 to 1000000"),
+    ("spool.part_max_seconds", "1e6", "a number > 0 and ≤ 86400"),
+    ("spool.max_disk_mb", "99999999", f"{WHOLE} 1 to 1048576"),
+    ("journal.max_mb", "99999999", f"{WHOLE} 1 to 1048576"),
+    ("journal.retention_days", "100000", f"{WHOLE} 1 to 3650"),
+    ("sync.interval_seconds", "1e7", "a number > 0 and ≤ 86400"),
+    ("sync.region", '"Europe"', 'an AWS region such as "eu-west-1"'),
+    ("sync.region", '"eu-west-1; rm -rf"', 'an AWS region such as "eu-west-1"'),
+    ("source.speed", "1e9", '"recorded", "max" or a speed-up factor from 0 to 10000'),
+]
+
+
+@pytest.mark.parametrize(("key", "raw", "allowed"), BOUNDED)
+def test_values_past_their_bounds_name_the_key_and_the_range(
+    config: Path, key: str, raw: str, allowed: str
+) -> None:
+    section, name = key.split(".")
+    message = error_of(config, f"[{section}]\n{name} = {raw}\n")
+    assert message.startswith(f"{key} = ") and f" in {config}: expected {allowed}" in message
+
+
+@pytest.mark.parametrize("region", ["eu-west-1", "us-gov-west-1", "ap-southeast-3", "auto", ""])
+def test_real_region_names_are_accepted(config: Path, region: str) -> None:
+    assert load(config, f'[sync]\nregion = "{region}"\n').sync.region == region
+
+
+def test_threads_up_to_the_cores_are_accepted(config: Path) -> None:
+    cores = os.cpu_count() or 1
+    assert load(config, f"[model]\nthreads = {cores}\n").model.threads == cores
 
 
 @pytest.mark.parametrize(
@@ -229,7 +270,9 @@ def test_command_line_overrides_win_and_are_coerced(
 
 def test_a_bad_override_says_it_came_from_the_command_line(config: Path) -> None:
     message = error_of(config, "", **{"window.messages": "0"})
-    assert message == 'window.messages = "0" on the command line: expected a whole number ≥ 1'
+    assert message == (
+        'window.messages = "0" on the command line: expected a whole number from 1 to 10000'
+    )
     assert "did you mean 'window.messages'?" in error_of(config, "", **{"window.mesages": 3})
 
 
