@@ -1,48 +1,123 @@
-"""Chat sources: one module per source, all behind one small interface.
+"""Chat sources: one module per source, each describing itself with a `DESCRIPTOR`.
 
 A source yields `ChatMessage`s from an async generator, reconnects by itself inside it, and
 says how its link is doing through `status()` and an optional `on_status` callback. Moderation
 (deleted messages, bans) goes to an optional `on_moderation` callback so the journal can keep
-removed messages out of readings. Which source runs is configuration (`make_source`).
+removed messages out of readings.
 
     kind          module                     what it reads
     twitch        agent.sources.twitch       Twitch chat over WebSocket (IRC)
     streamerbot   agent.sources.streamerbot  Streamer.bot's WebSocket server (Twitch, YouTube,
                                              Kick, Trovo chat events)
-    ssn           agent.sources.ssn          Social Stream Ninja's WebSocket API
+    ssn           agent.sources.ssn          Social Stream Ninja's WebSocket API relay
     ws            agent.sources.jsonws       any JSON-over-WebSocket feed, with a field mapping
     replay        agent.sources.replay       a recorded chat file (JSONL or raw Twitch IRC)
+
+The settings schema (`[source]` keys), the command line's `--source` choices, the tray and the
+assembly all read `DESCRIPTORS`; `open_source` turns settings into a running source. Adding a
+source is one new module with a `DESCRIPTOR`, listed in `_MODULES`, plus its tests.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+import importlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from agent.errors import SettingsError
-from agent.vocab import ChatMessage, SourceStatus
+from agent.sources.base import (
+    ChatSource,
+    ModerationCallback,
+    SecretSpec,
+    SettingSpec,
+    SourceConfig,
+    SourceDescriptor,
+    StatusCallback,
+)
 
-SOURCE_KINDS: tuple[str, ...] = ("twitch", "streamerbot", "ssn", "ws", "replay")
+__all__ = [
+    "DESCRIPTORS",
+    "SOURCE_KINDS",
+    "ChatSource",
+    "ModerationCallback",
+    "SecretSpec",
+    "SettingSpec",
+    "SourceConfig",
+    "SourceDescriptor",
+    "StatusCallback",
+    "descriptor",
+    "make_source",
+    "open_source",
+    "source_config",
+]
 
-StatusCallback = Callable[[SourceStatus], None]
-ModerationCallback = Callable[[Any], None]
+# The modules are light (no third-party import beyond websockets), so loading them all for
+# their descriptors costs little, and keeps one list instead of a name table kept in step.
+_MODULES = ("twitch", "streamerbot", "ssn", "jsonws", "replay")
+
+DESCRIPTORS: tuple[SourceDescriptor, ...] = tuple(
+    importlib.import_module(f"agent.sources.{name}").DESCRIPTOR for name in _MODULES
+)
+SOURCE_KINDS: tuple[str, ...] = tuple(d.kind for d in DESCRIPTORS)
 
 
-@runtime_checkable
-class ChatSource(Protocol):
-    """What every source implements."""
+def descriptor(kind: str) -> SourceDescriptor:
+    """The descriptor of a source kind, or a SettingsError naming the kinds there are."""
+    wanted = (kind or "").strip().lower()
+    for candidate in DESCRIPTORS:
+        if candidate.kind == wanted:
+            return candidate
+    raise SettingsError(
+        f"unknown chat source {kind!r}: use one of {', '.join(SOURCE_KINDS)} (--source)"
+    )
 
-    name: str
 
-    def status(self) -> SourceStatus: ...
+def _option(settings: Any, spec: SettingSpec) -> Any:
+    """A source setting from typed settings: `settings.options[name]`, else an attribute."""
+    options = getattr(settings, "options", None)
+    if isinstance(options, Mapping) and spec.name in options:
+        return options[spec.name]
+    value = getattr(settings, spec.name, spec.default)
+    if spec.is_path and isinstance(value, Path):
+        return str(value)
+    return spec.default if value is None else value
 
-    def messages(self) -> AsyncIterator[ChatMessage]:
-        """An async generator of messages; reconnects inside. It ends only for a finite source
-        (a replay at its end) or after `close()`."""
-        ...
 
-    async def close(self) -> None: ...
+def source_config(
+    settings: Any,
+    secrets: Mapping[str, str] | None = None,
+    on_status: StatusCallback | None = None,
+    on_moderation: ModerationCallback | None = None,
+) -> SourceConfig:
+    """A SourceConfig from the `[source]` settings (kind, channel, server_url and each of the
+    descriptor's own keys, by name). Secrets: `secrets` by keyring name when given, else read
+    per SecretSpec (environment, then the OS keyring) through `agent.secrets`."""
+    found = descriptor(getattr(settings, "kind", ""))
+    if secrets is None:
+        from agent.secrets import read_secrets
+
+        secrets = read_secrets(found.secrets)
+    return SourceConfig(
+        kind=found.kind,
+        channel=(getattr(settings, "channel", "") or "").strip().lstrip("#").lower(),
+        server_url=(getattr(settings, "server_url", "") or "").strip(),
+        options={spec.name: _option(settings, spec) for spec in found.settings},
+        secrets=dict(secrets),
+        on_status=on_status,
+        on_moderation=on_moderation,
+    )
+
+
+def open_source(
+    settings: Any,
+    secrets: Mapping[str, str] | None = None,
+    on_status: StatusCallback | None = None,
+    on_moderation: ModerationCallback | None = None,
+) -> ChatSource:
+    """The running source the `[source]` settings name (see `source_config`)."""
+    config = source_config(settings, secrets, on_status, on_moderation)
+    return descriptor(config.kind).build(config)
 
 
 def make_source(
@@ -57,65 +132,22 @@ def make_source(
     on_status: StatusCallback | None = None,
     on_moderation: ModerationCallback | None = None,
 ) -> ChatSource:
-    """The source the configuration names. Imports lazily: only the chosen one is loaded.
+    """Deprecated: the runtime's old entry point, kept until the assembly calls `open_source`.
 
-    `server_url` overrides each WebSocket source's default address. `token` is the secret of
-    the chosen source: the Twitch OAuth token, the Streamer.bot WebSocket password, or the
-    Social Stream Ninja session id (anyone holding it can control the extension, so it is
-    treated as a secret). `mapping` is the field mapping of the generic `ws` source;
-    `file` and `speed` ("max" or a factor such as 1, 2.5) drive `replay`.
-    """
-    kind = (kind or "").strip().lower()
-    if kind == "twitch":
-        from agent.sources.twitch import TwitchSource
-
-        return TwitchSource(
-            channel=channel,
-            server_url=server_url,
-            token=token,
-            on_status=on_status,
-            on_moderation=on_moderation,
-        )
-    if kind == "streamerbot":
-        from agent.sources.streamerbot import StreamerbotSource
-
-        return StreamerbotSource(
-            channel=channel,
-            server_url=server_url,
-            password=token,
-            on_status=on_status,
-            on_moderation=on_moderation,
-        )
-    if kind == "ssn":
-        from agent.sources.ssn import SocialStreamSource
-
-        return SocialStreamSource(
-            channel=channel, server_url=server_url, session=token, on_status=on_status
-        )
-    if kind == "ws":
-        from agent.sources.jsonws import JsonWebSocketSource, parse_mapping
-
-        if not server_url:
-            raise SettingsError(
-                "the 'ws' source needs a server address: set --server-url ws://HOST:PORT/PATH"
-            )
-        return JsonWebSocketSource(
-            url=server_url,
-            mapping=parse_mapping(mapping or {}, channel=channel),
-            on_status=on_status,
-        )
-    if kind == "replay":
-        from agent.sources.replay import ReplaySource, parse_speed
-
-        if file is None:
-            raise SettingsError("the 'replay' source needs a chat file: set --file PATH")
-        return ReplaySource(
-            file,
-            speed=parse_speed(speed),
-            channel=channel or None,
-            on_status=on_status,
-            on_moderation=on_moderation,
-        )
-    raise SettingsError(
-        f"unknown chat source {kind!r}: use one of {', '.join(SOURCE_KINDS)} (--source)"
+    `token` is the secret of the chosen source (the first SecretSpec of its descriptor)."""
+    found = descriptor(kind)
+    options: dict[str, Any] = {spec.name: spec.default for spec in found.settings}
+    options.update(
+        {"file": str(file) if file else "", "speed": speed, "mapping": dict(mapping or {})}
     )
+    secrets = {found.secrets[0].keyring: token} if token and found.secrets else {}
+    config = SourceConfig(
+        kind=found.kind,
+        channel=channel,
+        server_url=server_url or "",
+        options={k: v for k, v in options.items() if k in {s.name for s in found.settings}},
+        secrets=secrets,
+        on_status=on_status,
+        on_moderation=on_moderation,
+    )
+    return found.build(config)

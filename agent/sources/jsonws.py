@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,7 +39,9 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
+from agent.checks import Expected
 from agent.errors import SettingsError, SourceError
+from agent.sources.base import ChatSource, SettingSpec, SourceConfig, SourceDescriptor
 from agent.sources.reconnect import ReconnectPolicy
 from agent.sources.replay import BadLine, parse_time
 from agent.vocab import (
@@ -122,6 +125,51 @@ class FieldMapping:
     platform: str = "=other"
     channel: str = "=unknown"
     where: tuple[str, str] | None = None
+
+
+_DOTTED = re.compile(r"[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*")
+
+
+def mapping_value(value: Any, from_cli: bool = False) -> str:
+    """One mapping value: a dotted path into the JSON (`data.user.name`) or `=constant`."""
+    if not isinstance(value, str):
+        raise Expected('a dotted path such as "data.user.name", or "=constant", in double quotes')
+    value = value.strip()
+    if value.startswith("="):
+        if len(value) > 1 and len(value) <= 200:
+            return value
+        raise Expected('a constant after "=", for example "=youtube"')
+    if not _DOTTED.fullmatch(value):
+        raise Expected('a dotted path such as "data.user.name", or "=constant"')
+    return value
+
+
+def where_filter(value: Any, from_cli: bool = False) -> str:
+    """The `where` filter: `path=value` (`type=chat`); only matching objects are read."""
+    expected = 'a filter "path=value", for example "type=chat"'
+    if not isinstance(value, str):
+        raise Expected(expected)
+    path, sep, wanted = value.strip().partition("=")
+    if not sep or not _DOTTED.fullmatch(path.strip()) or not wanted.strip():
+        raise Expected(expected)
+    return f"{path.strip()}={wanted.strip()}"
+
+
+def mapping_table(value: Any, from_cli: bool = False) -> dict[str, str]:
+    """The whole `[source.mapping]` table; an error names the key that is wrong."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise Expected("a table [source.mapping] of keys " + ", ".join(MAPPING_KEYS))
+    checked: dict[str, str] = {}
+    for key, item in value.items():
+        if key not in MAPPING_KEYS:
+            raise Expected(f"mapping keys among {', '.join(MAPPING_KEYS)}, not {key!r}")
+        try:
+            checked[key] = where_filter(item) if key == "where" else mapping_value(item)
+        except Expected as exc:
+            raise Expected(f"for mapping key {key!r}: {exc}") from None
+    return checked
 
 
 def parse_mapping(mapping: Mapping[str, str], *, channel: str) -> FieldMapping:
@@ -381,3 +429,45 @@ class JsonWebSocketSource(WebSocketJsonSource):
             message = parse_mapped_object(item, self.mapping, received_at=received_at)
             if message is not None:
                 yield message
+
+
+# ----------------------------------------------------------------------------- descriptor
+
+
+def _build(config: SourceConfig) -> ChatSource:
+    if not config.server_url:
+        raise SettingsError(
+            "the 'ws' source needs a server address: set server_url under [source] "
+            "(or --server-url ws://HOST:PORT/PATH)"
+        )
+    return JsonWebSocketSource(
+        url=config.server_url,
+        mapping=parse_mapping(config.options.get("mapping") or {}, channel=config.channel),
+        on_status=config.on_status,
+    )
+
+
+def _setup_problem(config: SourceConfig) -> str | None:
+    if not config.server_url:
+        return 'no server_url set for the "ws" source: set it under [source] (ws://HOST:PORT/PATH)'
+    return None
+
+
+MAPPING_DOC = (
+    'For kind = "ws": where each field is in a JSON message, as a dotted path\n'
+    '("data.user.name", "items.0.text") or a constant ("=youtube"). Keys: text, id, author,\n'
+    'time, platform, channel, and where = "path=value" to read only matching messages.'
+)
+
+DESCRIPTOR = SourceDescriptor(
+    kind="ws",
+    title="JSON WebSocket",
+    summary="any JSON-over-WebSocket chat feed, read through a field mapping",
+    default_url="",
+    settings=(SettingSpec("mapping", {}, mapping_table, MAPPING_DOC),),
+    secrets=(),
+    needs_channel=False,
+    via="ws",
+    build=_build,
+    setup_problem=_setup_problem,
+)

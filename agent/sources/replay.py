@@ -39,7 +39,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, cast
 
+from agent import checks
 from agent.errors import SettingsError, SourceError
+from agent.sources.base import ChatSource, SettingSpec, SourceConfig, SourceDescriptor
 from agent.sources.irc import (
     IrcParseError,
     ModerationEvent,
@@ -406,3 +408,53 @@ def record_jsonl(messages: Iterable[ChatMessage], path: Path, *, append: bool = 
             out.write(message_to_json(msg) + "\n")
             count += 1
     return count
+
+
+# ----------------------------------------------------------------------------- descriptor
+
+
+def _build(config: SourceConfig) -> ChatSource:
+    file = config.options.get("file")
+    if not file:
+        raise SettingsError(
+            "the 'replay' source needs a chat file: set file under [source] (or --file PATH)"
+        )
+    return ReplaySource(
+        Path(file),
+        speed=parse_speed(config.options.get("speed")),
+        channel=config.channel or None,
+        on_status=config.on_status,
+        on_moderation=config.on_moderation,
+    )
+
+
+def _setup_problem(config: SourceConfig) -> str | None:
+    file = config.options.get("file")
+    if not file:
+        return 'no file set for the "replay" source: set file under [source] (or --file PATH)'
+    return None
+
+
+DESCRIPTOR = SourceDescriptor(
+    kind="replay",
+    title="Replay",
+    summary="a recorded chat file (JSONL or raw Twitch IRC, plain or gzip)",
+    default_url="",
+    settings=(
+        SettingSpec(
+            "file", "", checks.text, 'For kind = "replay": the chat recording to play.', True
+        ),
+        SettingSpec(
+            "speed",
+            "recorded",
+            checks.speed,
+            'For kind = "replay": "recorded" (real time), "max" (as fast as possible) or a\n'
+            "speed-up factor such as 4.",
+        ),
+    ),
+    secrets=(),
+    needs_channel=False,
+    via="",
+    build=_build,
+    setup_problem=_setup_problem,
+)

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from websockets.asyncio.client import ClientConnection
 
 from agent.errors import SourceError
+from agent.sources.base import ChatSource, SecretSpec, SourceConfig, SourceDescriptor
 from agent.sources.jsonws import WebSocketJsonSource, platform_name, scalar_text, time_or
 from agent.vocab import ChatMessage, content_message_id, validate_name
 
@@ -142,3 +143,44 @@ class SocialStreamSource(WebSocketJsonSource):
             message = parse_ssn_message(item, channel=self.channel, received_at=received_at)
             if message is not None:
                 yield message
+
+
+# ----------------------------------------------------------------------------- descriptor
+
+SESSION_SECRET = SecretSpec(
+    keyring="ssn_session",
+    env="CAPTAFLOW_SSN_SESSION",
+    doc="Social Stream Ninja session id (it controls the extension: keep it secret)",
+)
+
+
+def _build(config: SourceConfig) -> ChatSource:
+    return SocialStreamSource(
+        channel=config.channel,
+        server_url=config.server_url or None,
+        session=config.secrets.get(SESSION_SECRET.keyring),
+        on_status=config.on_status,
+    )
+
+
+def _setup_problem(config: SourceConfig) -> str | None:
+    if config.secrets.get(SESSION_SECRET.keyring) or "/join/" in config.server_url:
+        return None
+    return (
+        "no Social Stream Ninja session id: run `captaflow secrets set ssn_session` or set "
+        "CAPTAFLOW_SSN_SESSION (the id is in Social Stream Ninja's session settings)"
+    )
+
+
+DESCRIPTOR = SourceDescriptor(
+    kind="ssn",
+    title="Social Stream Ninja",
+    summary="Social Stream Ninja's API relay: YouTube, TikTok, Kick, Facebook and more",
+    default_url=DEFAULT_URL,
+    settings=(),
+    secrets=(SESSION_SECRET,),
+    needs_channel=False,
+    via="ssn",
+    build=_build,
+    setup_problem=_setup_problem,
+)

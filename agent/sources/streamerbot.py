@@ -37,6 +37,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 
 from agent.errors import SourceError
+from agent.sources.base import ChatSource, SecretSpec, SourceConfig, SourceDescriptor
 from agent.sources.jsonws import WebSocketJsonSource, get_path, platform_name, scalar_text, time_or
 from agent.vocab import ChatMessage, ModerationEvent, content_message_id, validate_name
 
@@ -211,3 +212,35 @@ class StreamerbotSource(WebSocketJsonSource):
         event = parse_streamerbot_moderation(value, channel=self.channel, received_at=received_at)
         if event is not None and self._on_moderation is not None:
             self._on_moderation(event)
+
+
+# ----------------------------------------------------------------------------- descriptor
+
+PASSWORD_SECRET = SecretSpec(
+    keyring="streamerbot_password",
+    env="CAPTAFLOW_STREAMERBOT_PASSWORD",
+    doc="Streamer.bot WebSocket server password (only if its Authentication is on)",
+)
+
+
+def _build(config: SourceConfig) -> ChatSource:
+    return StreamerbotSource(
+        channel=config.channel,
+        server_url=config.server_url or None,
+        password=config.secrets.get(PASSWORD_SECRET.keyring),
+        on_status=config.on_status,
+        on_moderation=config.on_moderation,
+    )
+
+
+DESCRIPTOR = SourceDescriptor(
+    kind="streamerbot",
+    title="Streamer.bot",
+    summary="Streamer.bot's WebSocket server: Twitch, YouTube, Kick and Trovo chat",
+    default_url=DEFAULT_URL,
+    settings=(),
+    secrets=(PASSWORD_SECRET,),
+    needs_channel=False,
+    via="streamerbot",
+    build=_build,
+)

@@ -40,7 +40,9 @@ from websockets.exceptions import (
 )
 from websockets.uri import parse_uri
 
+from agent import checks
 from agent.errors import SourceError
+from agent.sources.base import ChatSource, SecretSpec, SettingSpec, SourceConfig, SourceDescriptor
 from agent.sources.irc import (
     DEFAULT_PING_INTERVAL,
     DEFAULT_PONG_TIMEOUT,
@@ -411,3 +413,58 @@ class TwitchSource:
 def _describe_error(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]
+
+
+# ----------------------------------------------------------------------------- descriptor
+
+VALIDATE_URL = "https://id.twitch.tv/oauth2/validate"
+TOKEN_SECRET = SecretSpec(
+    keyring="twitch_token",
+    env="CAPTAFLOW_TWITCH_TOKEN",
+    doc="Twitch OAuth token (chat:read scope), to read chat logged in",
+)
+
+
+def _build(config: SourceConfig) -> ChatSource:
+    return TwitchSource(
+        config.channel,
+        server_url=config.server_url or None,
+        token=config.secrets.get(TOKEN_SECRET.keyring),
+        nick=config.options.get("login") or None,
+        on_status=config.on_status,
+        on_moderation=config.on_moderation,
+    )
+
+
+def _setup_problem(config: SourceConfig) -> str | None:
+    if not config.channel:
+        return 'no Twitch channel set: set channel = "name" under [source] (or --channel NAME)'
+    return None
+
+
+DESCRIPTOR = SourceDescriptor(
+    kind="twitch",
+    title="Twitch",
+    summary="Twitch chat, read directly (anonymously, or logged in with a token)",
+    default_url=DEFAULT_SERVER_URL,
+    settings=(
+        SettingSpec(
+            "login",
+            "",
+            checks.name_or_empty("login"),
+            "Your Twitch login, only with a token (CAPTAFLOW_TWITCH_TOKEN or the OS keyring);\n"
+            "empty = ask Twitch which account the token belongs to.",
+        ),
+        SettingSpec(
+            "validate_url",
+            VALIDATE_URL,
+            checks.text,
+            "Where a Twitch token is checked (login, scopes, expiry); leave as it is.",
+        ),
+    ),
+    secrets=(TOKEN_SECRET,),
+    needs_channel=True,
+    via="",
+    build=_build,
+    setup_problem=_setup_problem,
+)
