@@ -1,10 +1,13 @@
 """Moments worth clipping: spikes of an emotion or of the message rate against a rolling baseline.
 
-Pure functions over a readings table (one row per reading, as `agent.report.load_readings`
-returns it): no files, no clock. All thresholds below are fields of `MomentParams`.
+Pure code over readings: no files, no clock. All thresholds below are fields of
+`MomentParams`. The method is **causal**: every decision about a reading uses only that reading
+and the ones before it, so the live agent (`LiveMoments`, fed one reading at a time) announces a
+moment while it happens, and the after-stream report (`detect_moments`, over a whole readings
+table as `agent.report.load_readings` returns it) finds exactly the same moments afterwards.
 
-Method, per session and per series (each displayed emotion's mean probability, and the
-message rate in messages per minute):
+Method, per timeline (one session's readings of one platform and channel) and per series
+(each displayed emotion's mean probability, and the message rate in messages per minute):
 
 1. **Series.** Each reading is first pooled with the readings that started less than
    `smooth_seconds` before its end (itself included), so that a chart of one reading per
@@ -15,12 +18,15 @@ message rate in messages per minute):
    `min_scored` messages were scored: the mean of one or two messages is noise, not a mood.
    The message rate is ``60 * messages / max(pool span, rate_min_window_seconds)`` messages
    per minute, the pool span running from its first reading's start to this reading's end.
+   Times are taken to the millisecond and means to the micro-unit, as the spool's CSV keeps
+   them, and summed in integers: a live reading and the same reading read back from the spool
+   give bit-identical series.
 2. **Baseline.** For each reading, the readings whose start lies in the previous
-   `baseline_minutes` (the reading itself excluded) give a median ``m`` and a robust spread
-   ``s = IQR / 1.349`` (the interquartile range scaled so that ``s`` is the standard deviation
-   for normal noise, like ``1.4826 * MAD``; pandas has rolling quantiles but no rolling MAD, and
-   a per-window MAD would cost a Python call per reading). The window is in time, not in rows,
-   so it works for fixed-time and fixed-count windows alike and after gaps.
+   `baseline_minutes` (the reading itself excluded: the past only) give a median ``m`` and a
+   robust spread ``s = IQR / 1.349`` (the interquartile range scaled so that ``s`` is the
+   standard deviation for normal noise, like ``1.4826 * MAD``; pandas has rolling quantiles
+   but no rolling MAD). The window is in time, not in rows, so it works for fixed-time and
+   fixed-count windows alike and after gaps.
 3. **Robust z-score.** ``z = (x - m) / (s + floor)`` where ``floor`` is `emotion_scale_floor`
    (probability) or `rate_scale_floor` (messages/min): it keeps a perfectly flat baseline from
    turning a tiny wobble into an enormous z.
@@ -31,22 +37,27 @@ message rate in messages per minute):
    and for the message rate also ``x >= rate_min_ratio * m``. Only rises count: a sudden
    quiet is not a moment to clip. A slow drift is not a spike: the baseline follows it, so
    the lift over the median of the last few minutes stays small.
-5. **Merging.** Spike readings of the same series and session merge into one moment while
-   the gap between one reading's end and the next one's start is at most
-   `merge_gap_seconds`; a larger gap starts a new moment. Different series are never merged:
-   a hype moment usually shows as a joy moment and a message-rate moment at the same time,
-   and both are listed.
+5. **Merging, reading by reading.** A spike reading opens a moment of its series, or extends
+   the open one when it starts at most `merge_gap_seconds` after that moment's last spike
+   reading ended; a reading starting later than that closes the open moment. Different
+   series are never merged: a hype moment usually shows as a joy moment and a message-rate
+   moment at the same time, and both are listed.
 
    A moment starts at the first reading of its first spike reading's pool that on its own
    (unpooled) reaches the value that made that reading a spike (pooling makes a spike cross
-   the threshold a few seconds late; the VOD time should point at its beginning), and ends
-   at its last spike reading's end. A moment shorter than `min_moment_seconds` is dropped:
-   one short window of chat that happens to be busy or one-sided is noise, not something to
-   clip (chat is bursty: message counts have a heavier tail than the normal curve the
-   z-score assumes).
-6. **Ranking.** A moment's strength is the z-score of its strongest reading (its peak); the
-   ratio ``value / baseline`` and the lift are reported beside it. Moments are ranked by peak
-   z (ties: larger lift first) and the top `top_n` kept.
+   the threshold a few seconds late; the VOD time should point at its beginning).
+   A moment is **announced** (it becomes a moment at all) at the first spike reading where
+   the chat it rests on, from the start of its first spike reading's pool to the end of its
+   latest spike reading, spans at least `min_moment_seconds`: one short window of chat that
+   happens to be busy or one-sided is noise, not something to clip (chat is bursty: message
+   counts have a heavier tail than the normal curve the z-score assumes). With readings of
+   five seconds that is the window after the onset; with one-second readings, pooled over
+   ten seconds, it is the first spike reading. A moment that closes unannounced is dropped.
+   Its end, peak and strength keep growing while it lasts.
+6. **Ranking (report only).** A moment's strength is the z-score of its strongest reading (its
+   peak; the first one on ties); the ratio ``value / baseline`` and the lift are reported
+   beside it. The report ranks moments by peak z (ties: larger lift first) and keeps the top
+   `top_n`; the live path announces every one.
 
 A moment's VOD time is its start measured from the session's first reading, so it lines up
 with the stream's recording.
@@ -55,18 +66,22 @@ with the stream's recording.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 
 import numpy as np
 import pandas as pd
 
-from agent.vocab import DEFAULT_DISPLAYED, LABELS
+from agent.vocab import DEFAULT_DISPLAYED, LABELS, Reading
 
 MESSAGE_RATE = "message_rate"
 
 # IQR of a normal distribution is 1.349 sigma.
 _IQR_TO_SIGMA = 1.349
+# Series arithmetic in integers: times in milliseconds, means in micro-units (the CSV's digits).
+_MS = 1000
+_MICRO = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +112,8 @@ class MomentParams:
             )
         if self.merge_gap_seconds < 0:
             raise ValueError(f"merge_gap_seconds must be >= 0, got {self.merge_gap_seconds}")
+        if self.smooth_seconds < 0:
+            raise ValueError(f"smooth_seconds must be >= 0, got {self.smooth_seconds}")
         if self.top_n < 0:
             raise ValueError(f"top_n must be >= 0, got {self.top_n}")
 
@@ -107,7 +124,7 @@ class Moment:
 
     session_id: str
     kind: str  # an emotion label or MESSAGE_RATE
-    start: float  # UNIX seconds: window start of the first spike reading
+    start: float  # UNIX seconds: window start of the onset reading
     end: float  # UNIX seconds: window end of the last spike reading
     peak: float  # UNIX seconds: window start of the strongest reading
     start_offset: float  # seconds since the stream's first reading
@@ -116,6 +133,8 @@ class Moment:
     baseline: float  # the baseline median at the peak
     z: float  # robust z-score at the peak: the moment's strength
     readings: int  # how many spike readings merged into this moment
+    platform: str = ""  # the timeline it was found on ("" when the table has no such column)
+    channel: str = ""
 
     @property
     def lift(self) -> float:
@@ -134,6 +153,27 @@ class Moment:
     def peak_vod_time(self) -> str:
         return format_vod_time(self.peak_offset)
 
+    @property
+    def label(self) -> str:
+        """What rose and by how much, in a few words: "joy up 3.0x (0.60 vs 0.20)"."""
+        return describe(self)
+
+
+def kind_name(kind: str) -> str:
+    return "chat rate" if kind == MESSAGE_RATE else kind
+
+
+def describe(moment: Moment) -> str:
+    """What rose and by how much: ``joy up 3.0x (0.60 vs 0.20)``,
+    ``chat rate up 6.0x (720/min vs 120/min)``; ``... up from 0`` out of silence."""
+    ratio = moment.ratio
+    times = f"{ratio:.1f}x" if ratio is not None else "from 0"
+    if moment.kind == MESSAGE_RATE:
+        figures = f"{moment.value:,.0f}/min vs {moment.baseline:,.0f}/min"
+    else:
+        figures = f"{moment.value:.2f} vs {moment.baseline:.2f}"
+    return f"{kind_name(moment.kind)} up {times} ({figures})"
+
 
 def format_vod_time(seconds: float) -> str:
     """Seconds since stream start as ``HH:MM:SS`` (hours keep counting past 24)."""
@@ -143,93 +183,114 @@ def format_vod_time(seconds: float) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}"
 
 
-def smoothed_series(
-    readings: pd.DataFrame, labels: Iterable[str], params: MomentParams | None = None
-) -> dict[str, np.ndarray]:
-    """Step 1 of the method for one session's readings, sorted by window_start: each label's
-    pooled mean (NaN where too few messages were scored) and MESSAGE_RATE in messages/min."""
-    params = params or MomentParams()
-    starts = readings["window_start"].to_numpy(dtype=float)
-    ends = readings["window_end"].to_numpy(dtype=float)
-    first = _pool_first(starts, ends, params.smooth_seconds)
+# ------------------------------------------------------------------------------ series
 
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """One timeline's readings in the integer units of step 1, sorted by start."""
+
+    starts: np.ndarray  # int64 ms
+    ends: np.ndarray  # int64 ms
+    messages: np.ndarray  # int64
+    scored: np.ndarray  # int64
+    micro: dict[str, np.ndarray]  # label -> int64 micro-units of its mean
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
+def _table(frame: pd.DataFrame, labels: Iterable[str]) -> _Table:
+    def ms(column: str) -> np.ndarray:
+        return np.rint(frame[column].to_numpy(dtype=float) * _MS).astype(np.int64)
+
+    return _Table(
+        starts=ms("window_start"),
+        ends=ms("window_end"),
+        messages=frame["message_count"].to_numpy(dtype=np.int64),
+        scored=frame["scored_count"].to_numpy(dtype=np.int64).clip(min=0),
+        micro={
+            label: np.rint(frame[label].to_numpy(dtype=float) * _MICRO).astype(np.int64)
+            for label in labels
+        },
+    )
+
+
+def _pool_first(table: _Table, params: MomentParams) -> np.ndarray:
+    """The pool of reading i is readings first[i]..i: those starting after ends[i] - smooth."""
+    smooth = round(params.smooth_seconds * _MS)
+    found = np.searchsorted(table.starts, table.ends - smooth, side="right")
+    return np.minimum(found, np.arange(len(table)))
+
+
+def _series(
+    table: _Table, labels: Iterable[str], params: MomentParams, first: np.ndarray
+) -> dict[str, np.ndarray]:
     def pooled(values: np.ndarray) -> np.ndarray:
-        running = np.concatenate(([0.0], np.cumsum(values, dtype=float)))
+        running = np.concatenate((np.zeros(1, dtype=np.int64), np.cumsum(values)))
         return running[np.arange(1, len(values) + 1)] - running[first]
 
-    scored = readings["scored_count"].to_numpy(dtype=float).clip(min=0)
-    scored_pool = pooled(scored)
+    scored_pool = pooled(table.scored)
     series: dict[str, np.ndarray] = {}
     with np.errstate(invalid="ignore", divide="ignore"):
         for label in labels:
-            means = pooled(readings[label].to_numpy(dtype=float) * scored) / scored_pool
+            weighted = pooled(table.micro[label] * table.scored).astype(float)
+            means = weighted / _MICRO / scored_pool
             series[label] = np.where(scored_pool >= params.min_scored, means, np.nan)
-    span = np.maximum(ends - starts[first], params.rate_min_window_seconds)
-    series[MESSAGE_RATE] = 60.0 * pooled(readings["message_count"].to_numpy(dtype=float)) / span
+        span_ms = np.maximum(
+            table.ends - table.starts[first], round(params.rate_min_window_seconds * _MS)
+        )
+        rate = 60.0 * pooled(table.messages).astype(float) * _MS / span_ms
+    series[MESSAGE_RATE] = rate
     return series
 
 
-def _pool_first(starts: np.ndarray, ends: np.ndarray, smooth_seconds: float) -> np.ndarray:
-    """The pool of reading i is readings first[i]..i: those starting after ends[i] - smooth."""
-    found = np.searchsorted(starts, ends - smooth_seconds, side="right")
-    return np.minimum(found, np.arange(len(starts)))
+def smoothed_series(
+    readings: pd.DataFrame, labels: Iterable[str], params: MomentParams | None = None
+) -> dict[str, np.ndarray]:
+    """Step 1 of the method for one timeline's readings, sorted by window_start: each label's
+    pooled mean (NaN where too few messages were scored) and MESSAGE_RATE in messages/min."""
+    params = params or MomentParams()
+    labels = tuple(labels)
+    table = _table(readings, labels)
+    return _series(table, labels, params, _pool_first(table, params))
 
 
-def _unpooled(readings: pd.DataFrame, kind: str, params: MomentParams) -> np.ndarray:
+def _unpooled(table: _Table, kind: str, params: MomentParams) -> np.ndarray:
     """Each reading's own value of a series (no pooling), to time a moment's start."""
     if kind == MESSAGE_RATE:
-        duration = (readings["window_end"] - readings["window_start"]).to_numpy(dtype=float)
-        counts = readings["message_count"].to_numpy(dtype=float)
-        return 60.0 * counts / np.maximum(duration, params.rate_min_window_seconds)
-    values = readings[kind].to_numpy(dtype=float)
-    return np.where(readings["scored_count"].to_numpy() > 0, values, np.nan)
+        duration = np.maximum(
+            table.ends - table.starts, round(params.rate_min_window_seconds * _MS)
+        )
+        return 60.0 * table.messages.astype(float) * _MS / duration
+    values = table.micro[kind].astype(float) / _MICRO
+    return np.where(table.scored > 0, values, np.nan)
 
 
-def detect_moments(
-    readings: pd.DataFrame,
-    *,
-    displayed: Iterable[str] = DEFAULT_DISPLAYED,
-    params: MomentParams | None = None,
-    stream_starts: Mapping[str, float] | None = None,
-) -> list[Moment]:
-    """The top `params.top_n` moments of every session in `readings`, strongest first.
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    """Steps 1-4 for one reading of one series."""
 
-    `readings` needs the columns session_id, window_start, window_end (UNIX seconds),
-    message_count, scored_count and one column per displayed label. `stream_starts` maps a
-    session id to the time its VOD starts; by default the session's first reading.
-    """
-    params = params or MomentParams()
-    labels = tuple(displayed)
-    unknown = [label for label in labels if label not in LABELS]
-    if unknown:
-        raise ValueError(f"unknown emotion label(s) {unknown}: use some of {', '.join(LABELS)}")
-    if readings.empty or params.top_n == 0:
-        return []
-
-    moments: list[Moment] = []
-    for session_id, session in readings.groupby("session_id", sort=False):
-        session = session.sort_values("window_start", kind="stable")
-        first = float(session["window_start"].iloc[0])
-        stream_start = (stream_starts or {}).get(str(session_id), first)
-        moments.extend(_session_moments(str(session_id), session, labels, params, stream_start))
-    moments.sort(key=lambda m: (-m.z, -m.lift, m.start))
-    return moments[: params.top_n]
+    start: int  # ms
+    end: int  # ms
+    spike: bool
+    z: float
+    value: float
+    baseline: float
+    onset: int  # ms: where a moment opened by this reading starts
+    evidence: int  # ms: the start of this reading's pool
 
 
-def _session_moments(
-    session_id: str,
-    session: pd.DataFrame,
-    labels: tuple[str, ...],
-    params: MomentParams,
-    stream_start: float,
-) -> list[Moment]:
-    starts = session["window_start"].to_numpy(dtype=float)
-    ends = session["window_end"].to_numpy(dtype=float)
-    index = pd.DatetimeIndex(pd.to_datetime(starts, unit="s"))
-    series = smoothed_series(session, labels, params)
-    timing = _Timing(starts, ends, _pool_first(starts, ends, params.smooth_seconds), stream_start)
-
-    found: list[Moment] = []
+def _verdicts(
+    table: _Table, labels: tuple[str, ...], params: MomentParams, rows: Sequence[int]
+) -> dict[str, list[_Verdict]]:
+    """Each series' verdict on the readings at `rows` (every reading before them is the past
+    they are judged against)."""
+    first = _pool_first(table, params)
+    series = _series(table, labels, params, first)
+    index = pd.DatetimeIndex(pd.to_datetime(table.starts, unit="ms"))
+    wanted = np.asarray(rows, dtype=np.int64)
+    out: dict[str, list[_Verdict]] = {}
     for kind, values in series.items():
         is_rate = kind == MESSAGE_RATE
         flags, z, baseline, threshold = _spikes(
@@ -240,9 +301,29 @@ def _session_moments(
             min_lift=params.rate_min_lift if is_rate else params.emotion_min_lift,
             min_ratio=params.rate_min_ratio if is_rate else None,
         )
-        spike = _Spike(flags, z, values, baseline, _unpooled(session, kind, params), threshold)
-        found.extend(_merge(session_id, kind, spike, timing, params))
-    return found
+        unpooled = _unpooled(table, kind, params) if flags[wanted].any() else None
+        verdicts = []
+        for i in wanted.tolist():
+            onset = i
+            if flags[i] and unpooled is not None:
+                pool = np.arange(first[i], i + 1)
+                with np.errstate(invalid="ignore"):
+                    risen = unpooled[pool] >= threshold[i]
+                onset = int(pool[np.argmax(risen)]) if risen.any() else i
+            verdicts.append(
+                _Verdict(
+                    start=int(table.starts[i]),
+                    end=int(table.ends[i]),
+                    spike=bool(flags[i]),
+                    z=float(z[i]),
+                    value=float(values[i]),
+                    baseline=float(baseline[i]),
+                    onset=int(table.starts[onset]),
+                    evidence=int(table.starts[first[i]]),
+                )
+            )
+        out[kind] = verdicts
+    return out
 
 
 def _spikes(
@@ -275,63 +356,287 @@ def _spikes(
     return flags, z, median, threshold
 
 
+# ----------------------------------------------------------------------------- merging
+
+
+class MomentEventKind(StrEnum):
+    STARTED = "started"  # announced: it is a moment from now on
+    UPDATED = "updated"  # a later spike reading extended it (end, peak, strength)
+    ENDED = "ended"  # it is over; these are its final figures
+
+
 @dataclass(frozen=True, slots=True)
-class _Timing:
-    starts: np.ndarray
-    ends: np.ndarray
-    pool_first: np.ndarray
+class MomentEvent:
+    kind: MomentEventKind
+    moment: Moment
+
+
+@dataclass(slots=True)
+class _Open:
+    onset: int
+    evidence: int
+    last_end: int
+    peak: _Verdict
+    readings: int = 1
+    announced: bool = False
+
+
+@dataclass(slots=True)
+class _Grouper:
+    """Step 5 for one series of one timeline, one verdict at a time."""
+
+    session_id: str
+    kind: str
     stream_start: float
+    params: MomentParams
+    platform: str = ""
+    channel: str = ""
+    current: _Open | None = None
+    finished: list[Moment] = field(default_factory=list)
 
-
-@dataclass(frozen=True, slots=True)
-class _Spike:
-    flags: np.ndarray
-    z: np.ndarray
-    values: np.ndarray  # pooled
-    baseline: np.ndarray
-    unpooled: np.ndarray
-    threshold: np.ndarray
-
-
-def _merge(
-    session_id: str, kind: str, spike: _Spike, timing: _Timing, params: MomentParams
-) -> list[Moment]:
-    starts, ends = timing.starts, timing.ends
-    positions = np.flatnonzero(spike.flags)
-    if positions.size == 0:
-        return []
-    # A new group begins where the gap since the previous spike reading's end is too large.
-    gaps = starts[positions[1:]] - ends[positions[:-1]]
-    breaks = np.flatnonzero(gaps > params.merge_gap_seconds) + 1
-    moments = []
-    for group in np.split(positions, breaks):
-        start = float(starts[_onset(group[0], spike, timing)])
-        end = float(ends[group[-1]])
-        if end - start < params.min_moment_seconds:
-            continue
-        peak = int(group[np.argmax(spike.z[group])])
-        moments.append(
-            Moment(
-                session_id=session_id,
-                kind=kind,
-                start=start,
-                end=end,
-                peak=float(starts[peak]),
-                start_offset=start - timing.stream_start,
-                peak_offset=float(starts[peak]) - timing.stream_start,
-                value=float(spike.values[peak]),
-                baseline=float(spike.baseline[peak]),
-                z=float(spike.z[peak]),
-                readings=int(group.size),
+    def feed(self, verdict: _Verdict) -> list[MomentEvent]:
+        events: list[MomentEvent] = []
+        gap = round(self.params.merge_gap_seconds * _MS)
+        if self.current is not None and verdict.start - self.current.last_end > gap:
+            events.extend(self.close())
+        if not verdict.spike:
+            return events
+        group = self.current
+        if group is None:
+            group = self.current = _Open(
+                onset=verdict.onset,
+                evidence=min(verdict.evidence, verdict.onset),
+                last_end=verdict.end,
+                peak=verdict,
             )
+        else:
+            group.last_end = verdict.end
+            group.readings += 1
+            if verdict.z > group.peak.z:
+                group.peak = verdict
+        if group.announced:
+            events.append(MomentEvent(MomentEventKind.UPDATED, self._moment(group)))
+        elif group.last_end - group.evidence >= round(self.params.min_moment_seconds * _MS):
+            group.announced = True
+            events.append(MomentEvent(MomentEventKind.STARTED, self._moment(group)))
+        return events
+
+    def close(self) -> list[MomentEvent]:
+        group, self.current = self.current, None
+        if group is None or not group.announced:
+            return []
+        moment = self._moment(group)
+        self.finished.append(moment)
+        return [MomentEvent(MomentEventKind.ENDED, moment)]
+
+    def _moment(self, group: _Open) -> Moment:
+        start = group.onset / _MS
+        peak = group.peak.start / _MS
+        return Moment(
+            session_id=self.session_id,
+            kind=self.kind,
+            start=start,
+            end=group.last_end / _MS,
+            peak=peak,
+            start_offset=start - self.stream_start,
+            peak_offset=peak - self.stream_start,
+            value=group.peak.value,
+            baseline=group.peak.baseline,
+            z=group.peak.z,
+            readings=group.readings,
+            platform=self.platform,
+            channel=self.channel,
         )
-    return moments
 
 
-def _onset(first_spike: int, spike: _Spike, timing: _Timing) -> int:
-    """The first reading of the spike's first pool that on its own passes that spike
-    reading's threshold (see the module docstring, step 5)."""
-    pool = np.arange(timing.pool_first[first_spike], first_spike + 1)
-    with np.errstate(invalid="ignore"):
-        risen = spike.unpooled[pool] >= spike.threshold[first_spike]
-    return int(pool[np.argmax(risen)]) if risen.any() else first_spike
+# ------------------------------------------------------------------------ after stream
+
+
+def _check_labels(displayed: Iterable[str]) -> tuple[str, ...]:
+    labels = tuple(displayed)
+    unknown = [label for label in labels if label not in LABELS]
+    if unknown:
+        raise ValueError(f"unknown emotion label(s) {unknown}: use some of {', '.join(LABELS)}")
+    return labels
+
+
+def rank(moments: Iterable[Moment], top_n: int | None) -> list[Moment]:
+    """Strongest first (peak z, then lift, then the earlier); the first `top_n` if given."""
+    ranked = sorted(moments, key=lambda m: (-m.z, -m.lift, m.start))
+    return ranked if top_n is None else ranked[:top_n]
+
+
+def all_moments(
+    readings: pd.DataFrame,
+    *,
+    displayed: Iterable[str] = DEFAULT_DISPLAYED,
+    params: MomentParams | None = None,
+    stream_starts: Mapping[str, float] | None = None,
+) -> list[Moment]:
+    """Every moment of every session in `readings`, in the order of their start: exactly the
+    moments the live path announces for the same readings.
+
+    `readings` needs the columns session_id, window_start, window_end (UNIX seconds),
+    message_count, scored_count and one column per displayed label; with platform and channel
+    columns each (platform, channel) timeline of a session is judged on its own.
+    `stream_starts` maps a session id to the time its VOD starts; by default the session's
+    first reading.
+    """
+    params = params or MomentParams()
+    labels = _check_labels(displayed)
+    if readings.empty:
+        return []
+    keys = [c for c in ("platform", "channel") if c in readings.columns]
+    found: list[Moment] = []
+    for session_id, session in readings.groupby("session_id", sort=False):
+        first = float(session["window_start"].min())
+        stream_start = (stream_starts or {}).get(str(session_id), first)
+        timelines = session.groupby(keys, sort=False) if keys else [((), session)]
+        for key, timeline in timelines:
+            names = key if isinstance(key, tuple) else (key,)
+            platform, channel = (*map(str, names), "", "")[:2]
+            timeline = timeline.sort_values("window_start", kind="stable")
+            table = _table(timeline, labels)
+            verdicts = _verdicts(table, labels, params, range(len(table)))
+            for kind, series in verdicts.items():
+                grouper = _Grouper(str(session_id), kind, stream_start, params, platform, channel)
+                for verdict in series:
+                    if verdict.spike or grouper.current is not None:
+                        grouper.feed(verdict)
+                grouper.close()
+                found.extend(grouper.finished)
+    found.sort(key=lambda m: (m.start, m.kind))
+    return found
+
+
+def detect_moments(
+    readings: pd.DataFrame,
+    *,
+    displayed: Iterable[str] = DEFAULT_DISPLAYED,
+    params: MomentParams | None = None,
+    stream_starts: Mapping[str, float] | None = None,
+) -> list[Moment]:
+    """The top `params.top_n` moments of every session in `readings`, strongest first (see
+    `all_moments` for the arguments)."""
+    params = params or MomentParams()
+    if params.top_n == 0:
+        _check_labels(displayed)
+        return []
+    found = all_moments(readings, displayed=displayed, params=params, stream_starts=stream_starts)
+    return rank(found, params.top_n)
+
+
+# -------------------------------------------------------------------------------- live
+
+
+def _round_like_the_spool(reading: Reading) -> dict[str, object]:
+    """A reading as the spool's CSV keeps it: times to the ms, means to six decimals."""
+    row: dict[str, object] = {
+        "session_id": reading.session_id,
+        "platform": reading.platform,
+        "channel": reading.channel,
+        "window_start": round(reading.window_start * _MS) / _MS,
+        "window_end": round(reading.window_end * _MS) / _MS,
+        "message_count": reading.message_count,
+        "scored_count": reading.scored_count,
+    }
+    for label, score in zip(LABELS, reading.scores, strict=True):
+        row[label] = float(f"{score:.6f}")
+    return row
+
+
+@dataclass(slots=True)
+class _Timeline:
+    rows: list[dict[str, object]] = field(default_factory=list)
+    groupers: dict[str, _Grouper] = field(default_factory=dict)
+
+
+class LiveMoments:
+    """The causal method fed one reading at a time, as the agent writes them.
+
+    `add` returns what the reading changed: moments announced (STARTED), extended (UPDATED)
+    and closed (ENDED). Each timeline keeps only the readings its next verdict can depend on
+    (the baseline window plus the smoothing window), so memory stays flat over a long stream.
+    Readings of one timeline must come in the order of their start (the agent's windows do).
+    """
+
+    def __init__(
+        self,
+        *,
+        displayed: Iterable[str] = DEFAULT_DISPLAYED,
+        params: MomentParams | None = None,
+    ) -> None:
+        self.params = params or MomentParams()
+        self.labels = _check_labels(displayed)
+        self._timelines: dict[tuple[str, str, str], _Timeline] = {}
+        self._stream_starts: dict[str, float] = {}
+        self._keep_ms = round(
+            (self.params.baseline_minutes * 60 + self.params.smooth_seconds + 1) * _MS
+        )
+
+    def add(self, reading: Reading) -> list[MomentEvent]:
+        row = _round_like_the_spool(reading)
+        key = (reading.session_id, reading.platform, reading.channel)
+        start = float(row["window_start"])  # type: ignore[arg-type]
+        stream_start = self._stream_starts.setdefault(reading.session_id, start)
+        timeline = self._timelines.get(key)
+        if timeline is None:
+            timeline = self._timelines[key] = _Timeline()
+            for kind in (*self.labels, MESSAGE_RATE):
+                timeline.groupers[kind] = _Grouper(
+                    reading.session_id,
+                    kind,
+                    stream_start,
+                    self.params,
+                    reading.platform,
+                    reading.channel,
+                )
+        timeline.rows.append(row)
+        horizon = round(start * _MS) - self._keep_ms
+        drop = 0
+        while drop < len(timeline.rows) - 1 and _ms(timeline.rows[drop]) < horizon:
+            drop += 1
+        del timeline.rows[:drop]
+
+        table = _table(pd.DataFrame(timeline.rows), self.labels)
+        verdicts = _verdicts(table, self.labels, self.params, [len(table) - 1])
+        events: list[MomentEvent] = []
+        for kind, (verdict,) in verdicts.items():
+            events.extend(timeline.groupers[kind].feed(verdict))
+        return events
+
+    def finish(self, session_id: str | None = None) -> list[MomentEvent]:
+        """The stream ended (of `session_id`, or every one): close the open moments."""
+        events: list[MomentEvent] = []
+        for key, timeline in list(self._timelines.items()):
+            if session_id is not None and key[0] != session_id:
+                continue
+            for grouper in timeline.groupers.values():
+                events.extend(grouper.close())
+        return events
+
+    def moments(self, session_id: str | None = None) -> list[Moment]:
+        """Every moment announced so far (open ones with their figures so far), by start."""
+        found: list[Moment] = []
+        for key, timeline in self._timelines.items():
+            if session_id is not None and key[0] != session_id:
+                continue
+            for grouper in timeline.groupers.values():
+                found.extend(grouper.finished)
+                if grouper.current is not None and grouper.current.announced:
+                    found.append(grouper._moment(grouper.current))
+        found.sort(key=lambda m: (m.start, m.kind))
+        return found
+
+
+def _ms(row: Mapping[str, object]) -> int:
+    return round(float(row["window_start"]) * _MS)  # type: ignore[arg-type]
+
+
+def with_offsets(moment: Moment, stream_start: float) -> Moment:
+    """The same moment timed from another VOD start."""
+    return replace(
+        moment,
+        start_offset=moment.start - stream_start,
+        peak_offset=moment.peak - stream_start,
+    )
