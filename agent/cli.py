@@ -68,11 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--file", help="recorded chat file for --source replay (JSONL or IRC log)")
     run.add_argument("--speed", help="replay speed: recorded, max, or a factor such as 10")
     run.add_argument("--quiet", action="store_true", help="no per-message preview lines")
+    run.add_argument(
+        "--verbose", action="store_true", help="every preview line, even at full replay speed"
+    )
 
     demo = sub.add_parser("demo", help="replay a chat recording shipped with CaptaFlow")
     _common(demo)
     demo.add_argument("--speed", default="max", help="recorded, max (default) or a factor")
     demo.add_argument("--quiet", action="store_true", help="no per-message preview lines")
+    demo.add_argument(
+        "--verbose", action="store_true", help="every preview line, even at full replay speed"
+    )
 
     score = sub.add_parser("score", help="score texts (arguments or stdin), one reading a line")
     _common(score)
@@ -83,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(replay)
     replay.add_argument("--session", required=True, metavar="ID")
     replay.add_argument("--quiet", action="store_true", help="no per-message preview lines")
+    replay.add_argument(
+        "--verbose", action="store_true", help="every preview line, even at full replay speed"
+    )
 
     sync = sub.add_parser("sync", help="upload what waits now, with progress")
     _common(sync)
@@ -102,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ddl)
     ddl.add_argument("--table", default="captaflow_readings")
     ddl.add_argument("--database", default=None)
+
+    model = sub.add_parser(
+        "model",
+        help="get the model: download the published bundle (checked) when there is none",
+        description="Download, verify (sha256, then the bundle's manifest) and install the model "
+        "bundle named by [model] bundle_url / bundle_sha256; a cut download resumes.",
+    )
+    _common(model)
+    model.add_argument("action", choices=["get"], help="get: download and install the bundle")
+    model.add_argument("--url", help="bundle archive URL (default: [model] bundle_url)")
+    model.add_argument("--sha256", help="its sha256 (default: [model] bundle_sha256)")
+    model.add_argument("--force", action="store_true", help="download even if a model is there")
 
     sub.add_parser(
         "export-model",
@@ -140,11 +161,10 @@ def _settings(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> 
     return load_settings(Path(args.config) if args.config else None, overrides)
 
 
-def _previews(settings: Any, quiet: bool) -> Any:
-    from agent.previews import ConsolePreviews
+def _previews(settings: Any, quiet: bool, verbose: bool = False, fast: bool | None = None) -> Any:
+    from agent.previews import console_previews
 
-    kinds = [k for k in settings.display.previews if not (quiet and k == "message")]
-    return ConsolePreviews(settings.display.emotions, kinds)
+    return console_previews(settings, quiet=quiet, verbose=verbose, fast=fast)
 
 
 def _require_model(settings: Any) -> None:
@@ -182,7 +202,7 @@ def _run_agent(args: argparse.Namespace, extra: dict[str, Any] | None = None) ->
                 f"CaptaFlow is already running (pid {lock.holder_pid}) on {settings.data_dir}: "
                 f"stop it from the tray first, or use another --data-dir"
             )
-        agent = Agent(settings, previews=_previews(settings, args.quiet))
+        agent = Agent(settings, previews=_previews(settings, args.quiet, args.verbose))
         agent.run_forever()
         status = agent.status()
         print(
@@ -277,7 +297,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = _settings(args)
     setup_logging(settings, console=True, debug=args.debug)
     _require_model(settings)
-    result = rescore_session(settings, args.session, previews=_previews(settings, args.quiet))
+    previews = _previews(settings, args.quiet, args.verbose, fast=True)
+    result = rescore_session(settings, args.session, previews=previews)
     print(
         f"re-scored session {args.session} as {result.session_id}: {result.messages} messages, "
         f"{result.readings} readings in {result.parts} part(s)",
@@ -395,6 +416,12 @@ def cmd_athena_ddl(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model(args: argparse.Namespace) -> int:
+    from agent.model_download import model_get
+
+    return model_get(_settings(args), url=args.url, sha256=args.sha256, force=args.force)
+
+
 def cmd_tray(args: argparse.Namespace) -> int:
     from agent.tray import run_tray
 
@@ -410,6 +437,7 @@ COMMANDS = {
     "status": cmd_status,
     "report": cmd_report,
     "athena-ddl": cmd_athena_ddl,
+    "model": cmd_model,
 }
 
 

@@ -48,7 +48,7 @@ from agent.checks import (
     whole,
 )
 from agent.errors import SettingsError
-from agent.paths import Locations, resolve_locations
+from agent.paths import DEFAULT_BUNDLE_URL, Locations, default_model_dir, resolve_locations
 from agent.vocab import DEFAULT_DISPLAYED, LABELS
 
 SOURCE_KINDS = ("twitch", "streamerbot", "ssn", "ws", "replay")
@@ -178,6 +178,19 @@ _SCHEMA: dict[str, tuple[_Key, ...]] = {
             50000,
             whole(0, 1_000_000),
             "How many recent message texts to remember scores for (chat repeats itself).",
+        ),
+        _Key(
+            "bundle_url",
+            DEFAULT_BUNDLE_URL,
+            text,
+            "Where `captaflow model get` (and the tray's first run) downloads the model bundle\n"
+            "from when there is none yet: a zip or tar of an exported bundle.",
+        ),
+        _Key(
+            "bundle_sha256",
+            "",
+            text,
+            "The sha256 that download must have. Empty = the one published beside it (URL.sha256).",
         ),
     ),
     "window": (
@@ -336,6 +349,8 @@ class ModelSettings:
     translate_emotes: bool = True
     emote_table: Path | None = None
     cache_size: int = 50000
+    bundle_url: str = DEFAULT_BUNDLE_URL
+    bundle_sha256: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -655,11 +670,13 @@ def load_settings(
             bots=get("audience.bots"), skip_commands=get("audience.skip_commands")
         ),
         model=ModelSettings(
-            dir=get_path("model.dir") or paths.model_dir,
+            dir=get_path("model.dir") or default_model_dir(paths),
             threads=get("model.threads"),
             translate_emotes=get("model.translate_emotes"),
             emote_table=get_path("model.emote_table"),
             cache_size=get("model.cache_size"),
+            bundle_url=get("model.bundle_url"),
+            bundle_sha256=get("model.bundle_sha256"),
         ),
         window=WindowSettings(**{key.name: get(f"window.{key.name}") for key in _SCHEMA["window"]}),
         display=DisplaySettings(emotions=get("display.emotions"), previews=get("display.previews")),

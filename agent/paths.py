@@ -11,6 +11,7 @@ real ones: `--data-dir` / `CAPTAFLOW_DATA_DIR` (data, and the logs inside it) an
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,14 @@ APP_AUTHOR = "CaptaFlow"
 CONFIG_FILE_NAME = "config.toml"
 DATA_DIR_ENV = "CAPTAFLOW_DATA_DIR"
 CONFIG_ENV = "CAPTAFLOW_CONFIG"
+# The model bundle `packaging/build.py --model DIR` packs into the executable, under this
+# name inside its files (sys._MEIPASS); CAPTAFLOW_BUNDLED_MODEL points elsewhere (tests).
+BUNDLED_MODEL_NAME = "captaflow-model"
+BUNDLED_MODEL_ENV = "CAPTAFLOW_BUNDLED_MODEL"
+# Where `captaflow model get` downloads a bundle from by default: the project's release.
+DEFAULT_BUNDLE_URL = (
+    "https://github.com/captaflow/captaflow/releases/latest/download/captaflow-model.tar.gz"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +92,26 @@ def resolve_locations(
     else:
         config_file = platformdirs.user_config_path(APP_NAME, APP_AUTHOR) / CONFIG_FILE_NAME
     return Locations(config_file=config_file, data_dir=data, log_dir=logs)
+
+
+def bundled_model_dir(env: Mapping[str, str] | None = None) -> Path | None:
+    """The model packed into the executable (or named by CAPTAFLOW_BUNDLED_MODEL), if any."""
+    environ = os.environ if env is None else env
+    named = environ.get(BUNDLED_MODEL_ENV)
+    if named:
+        candidate = _expand(named)
+    else:
+        base = getattr(sys, "_MEIPASS", None)
+        if base is None:
+            return None
+        candidate = Path(base) / BUNDLED_MODEL_NAME
+    return candidate if (candidate / "manifest.json").is_file() else None
+
+
+def default_model_dir(locations: Locations, env: Mapping[str, str] | None = None) -> Path:
+    """The model used when none is set: one exported or downloaded into the data folder,
+    else the one packed into the executable, else the data folder's (not there yet)."""
+    own = locations.model_dir
+    if (own / "manifest.json").is_file():
+        return own
+    return bundled_model_dir(env) or own
