@@ -244,8 +244,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from agent.assembly import open_scorer
     from agent.previews import format_message_line
-    from agent.runtime import open_scorer
     from agent.vocab import LABELS, dominant_label
 
     settings = _settings(args)
@@ -333,7 +333,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from agent.runtime import STATUS_FILE
+    from agent.assembly import STATUS_FILE
     from agent.single_instance import SingleInstance
 
     settings = _settings(args)

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import CaptaFlowError
-from agent.vocab import ChatMessage, validate_name
+from agent.vocab import ChatMessage, ModerationEvent, validate_name
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,11 @@ CREATE TABLE IF NOT EXISTS moderation (
     target_user TEXT,
     at          REAL NOT NULL,
     duration    REAL
+);
+CREATE TABLE IF NOT EXISTS set_aside (
+    batch_id TEXT PRIMARY KEY,
+    reason   TEXT NOT NULL,
+    at       REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_session ON messages (session_id, batch_id);
 CREATE INDEX IF NOT EXISTS messages_batch ON messages (batch_id);
@@ -166,6 +171,12 @@ def _entry(row: tuple[Any, ...]) -> JournalEntry:
         scorable=bool(row[8]),
         batch_id=row[9],
     )
+
+
+def scoped_key(scope: str, message_id: str) -> str:
+    """The journal key of a message: its id, or within a dedup scope (a demo run's session)
+    the scope and the id, so each such run counts its messages afresh."""
+    return f"{scope}/{message_id}" if scope else message_id
 
 
 def session_name(channel: str, started_at: float) -> str:
@@ -339,9 +350,10 @@ class Journal:
 
     # ---------------------------------------------------------------- messages
 
-    def add(self, msg: ChatMessage, *, session_id: str, scorable: bool) -> bool:
+    def add(self, msg: ChatMessage, *, session_id: str, scorable: bool, scope: str = "") -> bool:
         """Journal one message; False if its key is already journaled (a duplicate).
 
+        `scope` "" dedups across every session; else only within that scope (`scoped_key`).
         Written into an open transaction that `flush()` commits."""
         if not self._in_tx:
             self._conn.execute("BEGIN")
@@ -351,7 +363,7 @@ class Journal:
                 "INSERT OR IGNORE INTO messages (key, session_id, platform, channel, author, "
                 "text, sent_at, received_at, scorable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    msg.message_id,
+                    scoped_key(scope, msg.message_id),
                     session_id,
                     msg.platform,
                     msg.channel,
@@ -381,6 +393,12 @@ class Journal:
                     f"cannot write the journal {self.path}: {exc}; free disk space"
                 ) from exc
             self._in_tx = False
+
+    def session_of(self, key: str) -> str | None:
+        """The session a journaled key belongs to (None: not journaled)."""
+        self.flush()
+        row = self._conn.execute("SELECT session_id FROM messages WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def unassigned(self, session_id: str) -> list[JournalEntry]:
         """Journaled messages of the session in no batch yet, in received order."""
@@ -453,7 +471,7 @@ class Journal:
         self.flush()
         batches = self._conn.execute(
             "SELECT batch_id, seq FROM batches WHERE session_id = ? AND state = 'assigned' "
-            "ORDER BY seq",
+            "AND batch_id NOT IN (SELECT batch_id FROM set_aside) ORDER BY seq",
             (session_id,),
         ).fetchall()
         result = []
@@ -481,6 +499,29 @@ class Journal:
             self._conn.execute("ROLLBACK")
             raise
 
+    def set_aside(self, batch_id: str, reason: str) -> None:
+        """Record a batch that cannot be scored or written: never retried, so a restart never
+        dies on it again; its messages stay journaled (state 'written' lets them be pruned)."""
+        self.flush()
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO set_aside (batch_id, reason, at) VALUES (?, ?, ?)",
+                (batch_id, reason, time.time()),
+            )
+            self._conn.execute(
+                "UPDATE batches SET state = 'written' WHERE batch_id = ?", (batch_id,)
+            )
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+
+    def set_aside_batches(self) -> dict[str, str]:
+        """Every batch set aside, with its reason."""
+        self.flush()
+        return dict(self._conn.execute("SELECT batch_id, reason FROM set_aside").fetchall())
+
     def next_seq(self, session_id: str) -> int:
         self.flush()
         row = self._conn.execute(
@@ -502,6 +543,16 @@ class Journal:
             "duration) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (platform, channel, kind, target_key, target_user, at, duration),
         )
+
+    def moderation_events(self, platform: str, channel: str) -> list[ModerationEvent]:
+        """The moderation recorded for a chat, oldest first (for `captaflow replay`)."""
+        self.flush()
+        rows = self._conn.execute(
+            "SELECT kind, target_key, target_user, at FROM moderation "
+            "WHERE platform = ? AND channel = ? ORDER BY at, id",
+            (platform, channel),
+        ).fetchall()
+        return [ModerationEvent(platform, channel, *row) for row in rows]
 
     def deleted_keys(self, session_id: str) -> set[str]:
         """Keys of this session's messages a moderator removed: a deleted message by id, and

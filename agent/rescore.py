@@ -2,19 +2,29 @@
 
 Useful after a model update or a change of window settings. The readings go to the spool
 under a new session id (`<id>-r<N>`), so the original readings stay as they were and a
-dashboard can tell the two apart.
+dashboard can tell the two apart. The windows, the moderation rule and the set-aside of
+windows that cannot be scored are the live agent's own (`agent.pipeline`): the session's
+messages and moderation events are fed in again in the order they happened.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from agent import __version__
+from agent.assembly import attach_previews, open_journal, open_scorer, pipeline_rules
+from agent.config import Settings
 from agent.errors import UsageError
-from agent.runtime import open_scorer, window_policy
-from agent.windows import WindowBuilder, batch_id_for, make_reading
+from agent.journal import JournalEntry, SessionInfo
+from agent.pipeline import NoLedger, Pipeline, Scorer
+from agent.spool import Spool
+from agent.vocab import ModerationEvent
+
+if TYPE_CHECKING:
+    from agent.previews import ConsolePreviews
 
 CHUNK_MESSAGES = 2048  # score in chunks so a long stream never sits in memory twice
 
@@ -25,15 +35,33 @@ class RescoreResult:
     messages: int
     readings: int
     parts: int
+    set_aside: int = 0
+
+
+def _in_order(
+    entries: list[JournalEntry], events: list[ModerationEvent]
+) -> Iterator[JournalEntry | ModerationEvent]:
+    """Messages (in received order) with the moderation events merged in by time."""
+    pending = iter(events)
+    event = next(pending, None)
+    for entry in entries:
+        while event is not None and event.at < entry.sent_at:
+            yield event
+            event = next(pending, None)
+        yield entry
+    while event is not None:
+        yield event
+        event = next(pending, None)
 
 
 def rescore_session(
-    settings: Any, session_id: str, *, previews: Any = None, scorer: Any = None
+    settings: Settings,
+    session_id: str,
+    *,
+    previews: ConsolePreviews | None = None,
+    scorer: Scorer | None = None,
 ) -> RescoreResult:
-    from agent.journal import Journal
-    from agent.spool import Spool
-
-    journal = Journal.open(Path(settings.journal_path))
+    journal = open_journal(settings)
     try:
         sessions = {s.session_id: s for s in journal.sessions()}
         if session_id not in sessions:
@@ -43,8 +71,10 @@ def rescore_session(
                 f"see `captaflow status` or the report's session table"
             )
         info = sessions[session_id]
-        deleted = journal.deleted_keys(session_id)
-        entries = [e for e in journal.messages(session_id) if e.scorable and e.key not in deleted]
+        entries = [e for e in journal.messages(session_id) if e.scorable]
+        events = _session_events(
+            journal.moderation_events(info.platform, info.channel), info, entries
+        )
     finally:
         journal.close()
     if scorer is None:
@@ -54,55 +84,42 @@ def rescore_session(
     while spool.batch_ids_in(f"{session_id}-r{n}"):
         n += 1
     new_id = f"{session_id}-r{n}"
-    builder: WindowBuilder[Any] = WindowBuilder(window_policy(settings))
-    windows = []
-    for entry in entries:
-        windows.extend(builder.add(entry, entry.sent_at))
-    windows.extend(builder.flush())
-    displayed = tuple(settings.display.emotions)
-    readings = 0
-    seq = 0
-    chunk: list[Any] = []
-
-    def score_chunk(chunk: list[Any]) -> None:
-        nonlocal readings, seq
-        texts = [e.text for window in chunk for e in window.items]
-        scores = scorer.score(texts)
-        offset = 0
-        for window in chunk:
-            items = list(window.items)
-            block = scores[offset : offset + len(items)]
-            offset += len(items)
-            reading = make_reading(
-                session_id=new_id,
-                platform=info.platform,
-                channel=info.channel,
-                batch_id=batch_id_for(e.key for e in items),
-                seq=seq,
-                window_start=window.start,
-                window_end=window.end,
-                message_count=len(items),
-                scores=block,
-                displayed=displayed,
-                model_id=scorer.model_id,
-                agent_version=__version__,
-            )
-            spool.append(reading)
-            seq += 1
-            readings += 1
-            if previews is not None:
-                for entry, row in zip(items, block, strict=True):
-                    previews.message(entry.text, row)
-                previews.batch(reading)
-
-    pending = 0
-    for window in windows:
-        chunk.append(window)
-        pending += len(window.items)
-        if pending >= CHUNK_MESSAGES:
-            score_chunk(chunk)
-            chunk, pending = [], 0
-    if chunk:
-        score_chunk(chunk)
+    pipeline = Pipeline(
+        journal=None,
+        ledger=NoLedger(),
+        spool=spool,
+        scorer=scorer,
+        rules=pipeline_rules(settings, rescoring=True),
+    )
+    if previews is not None:
+        attach_previews(pipeline, previews)
+    # A demo's keys were journaled in its own dedup scope (see `journal.scoped_key`).
+    scoped = bool(entries) and entries[0].key.startswith(f"{session_id}/")
+    timeline = pipeline.adopt_timeline(
+        new_id, info.platform, info.channel, scope=session_id if scoped else ""
+    )
+    for step in _in_order(entries, events):
+        if isinstance(step, ModerationEvent):
+            pipeline.moderate(step)
+            continue
+        pipeline.feed(timeline, Pipeline.item_of(step, timeline))
+        if pipeline.backlog >= CHUNK_MESSAGES:
+            pipeline.score_pending()
+    pipeline.flush_windows()
+    pipeline.score_pending()
     parts = 1 if spool.seal_open() is not None else 0
-    return RescoreResult(new_id, len(entries), readings, parts)
+    stats = pipeline.stats
+    return RescoreResult(new_id, len(entries), len(stats.readings), parts, stats.set_aside)
+
+
+def _session_events(
+    events: list[ModerationEvent], info: SessionInfo, entries: list[JournalEntry]
+) -> list[ModerationEvent]:
+    """The moderation of the session's own span: what the live agent knew while it ran. Times
+    are the chat's (a recording's events are as old as its messages), so the span runs from
+    the first message to the later of the last message and the session's end."""
+    if not entries:
+        return []
+    ended = info.ended_at if info.ended_at is not None else math.inf
+    start, end = entries[0].sent_at, max(entries[-1].sent_at, ended)
+    return [e for e in events if start <= e.at <= end]

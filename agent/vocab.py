@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 
 MODEL_ID = "cardiffnlp/twitter-roberta-base-emotion-multilabel-latest"
 
@@ -158,6 +160,9 @@ class Reading:
     dominant: str
     model_id: str
     agent_version: str
+    # The bridge that carried the chat ("" = read from the platform itself); a CSV column
+    # once the spool's format 2 carries it.
+    via: str = ""
 
     def as_row(self) -> list[str]:
         """The CSV row, in READING_COLUMNS order (no field ever needs quoting)."""
@@ -247,3 +252,69 @@ class AgentStatus:
     upload_state: str = ""  # "idle", "uploading 3 parts", "offline: ...", "failing: ..."
     dominant: str | None = None
     problem: str | None = None  # one line, what to do
+    set_aside_total: int = 0  # windows that could not be scored or written (journaled)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRecord:
+    """The status file (`status.json` in the data folder) that `captaflow status` in another
+    process reads: the agent's last `AgentStatus` plus who wrote it when. One JSON object, in
+    this shape (no null anywhere: absent text is ""):
+
+        {"pid": 4242, "written_at": 1764579600.5, "state": "stopped",
+         "source": {"state": "finished", "detail": ""}, "session_id": "...", "channel": "...",
+         "messages_per_second": 0.0, "messages_total": 2019, "duplicates_total": 0,
+         "readings_total": 190, "parts_waiting": 1, "upload_state": "off (no bucket set)",
+         "dominant": "joy", "problem": "", "set_aside_total": 0, "model_id": "..."}
+    """
+
+    pid: int = 0
+    written_at: float = 0.0
+    state: str = "stopped"
+    source: Mapping[str, str] = field(
+        default_factory=lambda: {"state": str(SourceState.STOPPED), "detail": ""}
+    )
+    session_id: str = ""
+    channel: str = ""
+    messages_per_second: float = 0.0
+    messages_total: int = 0
+    duplicates_total: int = 0
+    readings_total: int = 0
+    parts_waiting: int = 0
+    upload_state: str = ""
+    dominant: str = ""
+    problem: str = ""
+    set_aside_total: int = 0
+    model_id: str = ""
+
+    @classmethod
+    def of(
+        cls, status: AgentStatus, *, pid: int, written_at: float, model_id: str = ""
+    ) -> StatusRecord:
+        return cls(
+            pid=pid,
+            written_at=written_at,
+            state=str(status.state),
+            source={"state": str(status.source.state), "detail": status.source.detail},
+            session_id=status.session_id or "",
+            channel=status.channel or "",
+            messages_per_second=round(status.messages_per_second, 2),
+            messages_total=status.messages_total,
+            duplicates_total=status.duplicates_total,
+            readings_total=status.readings_total,
+            parts_waiting=status.parts_waiting,
+            upload_state=status.upload_state,
+            dominant=status.dominant or "",
+            problem=status.problem or "",
+            set_aside_total=status.set_aside_total,
+            model_id=model_id,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"source": dict(self.source)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StatusRecord:
+        """Tolerant of older files: unknown keys are ignored, missing or null ones default."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known and v is not None})

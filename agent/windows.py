@@ -50,6 +50,8 @@ from agent.vocab import LABELS, Reading, dominant_label
 T = TypeVar("T")
 
 BATCH_ID_HEX_CHARS = 20
+# A reading's times must print as `YYYY-MM-DD HH:MM:SS.fff`: 1970-01-01 up to the end of 9999.
+LATEST_TIMESTAMP = 253402300799.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +159,12 @@ class WindowBuilder(Generic[T]):
             assert self._last_t is not None
             return [self._close(CloseReason.AGE, end=self._last_t)]
         return []
+
+    def drain(self) -> tuple[T, ...]:
+        """Take the open window's items without closing it as a window (its times are not
+        usable: the caller sets the items aside and starts a new builder)."""
+        items, self._items = tuple(self._items), []
+        return items
 
     def flush(self) -> list[Window[T]]:
         """Close the open window, whatever its size or age (at stop)."""
@@ -287,6 +295,7 @@ def make_reading(
     displayed: tuple[str, ...],
     model_id: str,
     agent_version: str,
+    via: str = "",
 ) -> Reading:
     """One reading from the scores (shape ``(k, len(LABELS))``) of the k scored messages.
 
@@ -305,6 +314,11 @@ def make_reading(
         raise ValueError(f"scored {scored_count} messages out of only {message_count}")
     if not np.all(np.isfinite(matrix)):
         raise ValueError("scores contain NaN or infinity")
+    if not (0.0 <= window_start <= LATEST_TIMESTAMP and 0.0 <= window_end <= LATEST_TIMESTAMP):
+        raise ValueError(
+            f"window start and end must be times between 1970 and 9999, got "
+            f"{window_start!r} and {window_end!r}"
+        )
     if window_end < window_start:
         raise ValueError(f"window ends ({window_end}) before it starts ({window_start})")
     means = tuple(float(x) for x in matrix.mean(axis=0))
@@ -322,4 +336,5 @@ def make_reading(
         dominant=dominant_label(means, displayed),
         model_id=model_id,
         agent_version=agent_version,
+        via=via,
     )
