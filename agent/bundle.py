@@ -54,6 +54,8 @@ class Manifest:
     versions: Mapping[str, str] = field(default_factory=dict)
     created_at: str = ""
     problem_type: str = "multi_label_classification"
+    # A short label for a test model ("tiny random model", ...); None for the real export.
+    test_model: str | None = None
 
     def __post_init__(self) -> None:
         if not self.labels or len(set(self.labels)) != len(self.labels):
@@ -80,6 +82,7 @@ class Manifest:
             "parity": dict(self.parity),
             "versions": dict(self.versions),
             "created_at": self.created_at,
+            "test_model": self.test_model,
         }
 
     @classmethod
@@ -105,6 +108,7 @@ class Manifest:
             versions=data.get("versions", {}),
             created_at=str(data.get("created_at", "")),
             problem_type=str(data.get("problem_type", "multi_label_classification")),
+            test_model=str(data["test_model"]) if data.get("test_model") else None,
         )
 
 

@@ -26,7 +26,9 @@ from model_export.export import (
 )
 from model_export.parity import RANDOM_MODEL_TOLERANCE, REAL_MODEL_TOLERANCE
 from model_export.tiny import (
+    RANDOM_BASE_LABEL,
     RANDOM_BASE_MODEL_ID,
+    TINY_LABEL,
     TINY_MODEL_ID,
     build_random_base_source,
     build_tiny_source,
@@ -89,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the fp32/fused ONNX graphs (and a built source) beside --out",
     )
+    parser.add_argument(
+        "--via",
+        choices=("light", "optimum"),
+        default="light",
+        help=(
+            "fp32 exporter: light (default: the graph built from the weights with onnx and "
+            "numpy, no PyTorch) or optimum (PyTorch + optimum, the reference exporter; needs "
+            "`pip install captaflow[export-torch]`)"
+        ),
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -110,6 +122,7 @@ def _run(args: argparse.Namespace) -> None:
         "skip_parity": args.skip_parity,
         "work_dir": work_dir,
         "progress": progress,
+        "via": args.via,
     }
     if not (args.tiny or args.random_base):
         export_bundle(
@@ -120,10 +133,10 @@ def _run(args: argparse.Namespace) -> None:
             **common,
         )
         return
-    build, model_id = (
-        (build_tiny_source, TINY_MODEL_ID)
+    build, model_id, label = (
+        (build_tiny_source, TINY_MODEL_ID, TINY_LABEL)
         if args.tiny
-        else (build_random_base_source, RANDOM_BASE_MODEL_ID)
+        else (build_random_base_source, RANDOM_BASE_MODEL_ID, RANDOM_BASE_LABEL)
     )
     with tempfile.TemporaryDirectory(prefix="captaflow-source-") as scratch:
         source_dir = stand_in_source_dir(work_dir) if work_dir is not None else Path(scratch)
@@ -141,6 +154,7 @@ def _run(args: argparse.Namespace) -> None:
             source_model_id=model_id,
             source_revision=f"random-seed-{args.seed}",
             tolerance=RANDOM_MODEL_TOLERANCE,
+            test_model=label,
             **common,
         )
 

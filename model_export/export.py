@@ -379,7 +379,11 @@ def check_source_config(config: Any, source: str, max_length: int) -> None:
 
 
 def _check_disk(directory: Path, model: Any) -> None:
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    weights = (
+        model
+        if isinstance(model, int)
+        else sum(p.numel() * p.element_size() for p in model.parameters())
+    )
     needed = int(weights * _DISK_FACTOR)
     free = shutil.disk_usage(directory).free
     if free < needed:
@@ -415,14 +419,20 @@ def _export_onnx(model: Any, tokenizer: Any, directory: Path) -> Path:
     return path
 
 
-def _fuse(fp32_path: Path, out_path: Path, config: Any) -> dict[str, Any]:
+def _fuse(
+    fp32_path: Path, out_path: Path, config: Any, opt_level: int | None = None
+) -> dict[str, Any]:
     from onnxruntime.transformers.optimizer import optimize_model
 
+    # opt_level None is the optimizer's default for "bert" (1: an onnxruntime pass first,
+    # which imports torch and holds another copy of the model); the light path's graph needs
+    # no such pass (0 fuses it the same, tested) and must run without torch.
     optimized = optimize_model(
         str(fp32_path),
         model_type="bert",
         num_heads=int(config.num_attention_heads),
         hidden_size=int(config.hidden_size),
+        opt_level=opt_level,
     )
     fused = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
     optimized.save_model_to_file(str(out_path))
@@ -455,7 +465,8 @@ def write_tokenizer_json(tokenizer: Any, path: Path, max_length: int) -> None:
     """Save the fast tokenizer as the scorer reads it: truncating at max_length, no padding."""
     from tokenizers import Tokenizer
 
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    # A transformers fast tokenizer, or (the light path) a tokenizers.Tokenizer itself.
+    backend = Tokenizer.from_str(getattr(tokenizer, "backend_tokenizer", tokenizer).to_str())
     backend.no_padding()
     backend.enable_truncation(max_length)
     backend.save(str(path))
@@ -510,6 +521,59 @@ def onnx_probabilities(
     return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
 
 
+# The fp32 exporters `export_bundle(via=...)` chooses from, and what parity compares with.
+EXPORTERS = {
+    "light": "model_export.graph (onnx + numpy, weights streamed from the checkpoint)",
+    "optimum": "optimum (PyTorch, transformers eager attention)",
+}
+REFERENCES = {"light": "the fp32 ONNX graph", "optimum": "PyTorch fp32"}
+
+
+def _light_fp32(
+    local_dir: Path, onnx_dir: Path, source: str, max_length: int, disk: Path
+) -> tuple[Any, Any, Path]:
+    """The light path's first stage: config, tokenizer and fp32 graph, without PyTorch."""
+    from model_export.graph import build_fp32_onnx, check_buildable, read_config, weight_bytes
+    from model_export.hfdir import load_tokenizer
+
+    config = read_config(local_dir)
+    check_source_config(config, source, max_length)
+    check_buildable(config, source)
+    _check_disk(disk, weight_bytes(local_dir))
+    tokenizer = load_tokenizer(local_dir)
+    return tokenizer, config, build_fp32_onnx(local_dir, onnx_dir / "model.onnx", config=config)
+
+
+def _torch_fp32(
+    stage: _Stages,
+    local_dir: str,
+    work: Path,
+    source: str,
+    max_length: int,
+    disk: Path,
+    threads: int,
+    parity_texts: Sequence[str] | None,
+) -> tuple[Any, Any, np.ndarray | None, Path]:
+    """The optimum path's first stages: PyTorch model, reference probabilities, fp32 graph."""
+    with stage(f"loading {source} into PyTorch"):
+        tokenizer, model = _load_source(local_dir, threads)
+        check_source_config(model.config, source, max_length)
+        _check_disk(disk, model)
+        config = model.config
+        # The reference is computed now so the PyTorch model can be freed before the
+        # graph tools load their own copies (roberta-base peaks several GB otherwise).
+        reference = (
+            None
+            if parity_texts is None
+            else torch_probabilities(model, tokenizer, parity_texts, max_length)
+        )
+    with stage("exporting to ONNX (fp32) with optimum"):
+        fp32_path = _export_onnx(model, tokenizer, work / "onnx")
+        del model
+        gc.collect()
+    return tokenizer, config, reference, fp32_path
+
+
 def _clean_stale_staging(out: Path) -> None:
     """Remove staging directories that a killed export left next to `out`."""
     for stale in out.parent.glob(f".{out.name}.staging-*"):
@@ -534,6 +598,8 @@ def export_bundle(
     skip_parity: bool = False,
     work_dir: Path | None = None,
     progress: Progress = no_progress,
+    via: str = "light",
+    test_model: str | None = None,
 ) -> ModelBundle:
     """Export `source` (a Hub model id or a local model directory) into a bundle at `out`.
 
@@ -541,7 +607,12 @@ def export_bundle(
     and the commit transformers resolved).
     Intermediate graphs go to `work_dir` and are kept there when it is given; otherwise
     they go to a temporary directory beside `out` and are removed. Raises ExportError.
+    `via` picks the fp32 exporter: "light" (model_export.graph: the graph built from the
+    safetensors with onnx and numpy, no PyTorch; the parity reference is that fp32 graph) or
+    "optimum" (PyTorch + optimum; the reference is PyTorch). `test_model` labels a stand-in.
     """
+    if via not in EXPORTERS:
+        raise ExportError(f"--via {via!r} is not one of {', '.join(EXPORTERS)}")
     source = str(source)
     out = Path(out).expanduser().resolve()
     settings = quantization or QuantizationSettings()
@@ -573,25 +644,28 @@ def export_bundle(
             ):
                 snapshot, commit = fetch_source(source, revision)
                 local_dir, source_revision = str(snapshot), source_revision or commit
-        with stage(f"loading {source} into PyTorch"):
-            tokenizer, model = _load_source(local_dir, threads)
-            check_source_config(model.config, source, max_length)
-            _check_disk(out.parent, model)
-            config = model.config
-            # The reference is computed now so the PyTorch model can be freed before the
-            # graph tools load their own copies (roberta-base peaks several GB otherwise).
-            reference = (
-                None
-                if skip_parity
-                else torch_probabilities(model, tokenizer, parity_texts, max_length)
+        if via == "light":
+            with stage(f"loading {source} into an fp32 ONNX graph (onnx + numpy, no PyTorch)"):
+                tokenizer, config, fp32_path = _light_fp32(
+                    Path(local_dir), work / "onnx", source, max_length, out.parent
+                )
+                reference = None  # computed on this fp32 graph once tokenizer.json exists
+        else:
+            tokenizer, config, reference, fp32_path = _torch_fp32(
+                stage,
+                local_dir,
+                work,
+                source,
+                max_length,
+                out.parent,
+                threads,
+                None if skip_parity else parity_texts,
             )
-        with stage("exporting to ONNX (fp32) with optimum"):
-            fp32_path = _export_onnx(model, tokenizer, work / "onnx")
-            del model
-            gc.collect()
+        pad_token_id = int(config.pad_token_id if via == "light" else tokenizer.pad_token_id)
         with stage("fusing the transformer graph (onnxruntime optimizer)"):
             fused_path = work / "model.fused.onnx"
-            optimization = _fuse(fp32_path, fused_path, config)
+            optimization = _fuse(fp32_path, fused_path, config, 0 if via == "light" else None)
+            optimization["fp32_exporter"] = EXPORTERS[via]
             progress(f"fused: {optimization['fused_operators']}")
         with stage(
             f"quantising to int8 ({settings.weight_type}, per_channel={settings.per_channel})"
@@ -610,17 +684,24 @@ def export_bundle(
             tokenizer_path = staging / TOKENIZER_FILE
             write_tokenizer_json(tokenizer, tokenizer_path, max_length)
         parity: dict[str, Any] = {"skipped": True}
-        if reference is not None:
-            with stage(f"checking parity of int8 against PyTorch on {len(parity_texts)} texts"):
+        if not skip_parity:
+            with stage(
+                f"checking parity of int8 against {REFERENCES[via]} on {len(parity_texts)} texts"
+            ):
+                if reference is None:
+                    reference = onnx_probabilities(
+                        fp32_path, tokenizer_path, parity_texts, pad_token_id, threads
+                    )
                 parity = _parity(
                     reference,
-                    int(tokenizer.pad_token_id),
+                    pad_token_id,
                     fused_path,
                     model_path,
                     tokenizer_path,
                     parity_texts,
                     threads,
                     tolerance,
+                    REFERENCES[via],
                 )
             progress(
                 f"parity: max abs diff {parity['max_abs_diff']:.4f}, mean "
@@ -633,7 +714,7 @@ def export_bundle(
                 source_revision=source_revision or revision or "local",
                 labels=LABELS,
                 max_length=max_length,
-                pad_token_id=int(tokenizer.pad_token_id),
+                pad_token_id=pad_token_id,
                 files={
                     MODEL_FILE: file_entry(model_path),
                     TOKENIZER_FILE: file_entry(tokenizer_path),
@@ -648,6 +729,7 @@ def export_bundle(
                 parity=parity,
                 versions=package_versions(),
                 created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                test_model=test_model,
             )
             progress(f"moving it into place: {out}")
             publish_bundle(staging, out, manifest)
@@ -670,6 +752,7 @@ def _parity(
     texts: Sequence[str],
     threads: int,
     tolerance: ParityTolerance,
+    reference_name: str = "PyTorch fp32",
 ) -> dict[str, Any]:
     # fp32 ONNX first: when int8 fails, this tells an export bug from a quantisation loss.
     fp32 = compare_probabilities(
@@ -687,7 +770,7 @@ def _parity(
         **int8.to_json(),
         "fp32_onnx_max_abs_diff": round(fp32.max_abs_diff, 8),
         "tolerance": tolerance.to_json(),
-        "reference": "PyTorch fp32, sigmoid of logits",
+        "reference": f"{reference_name}, sigmoid of logits",
     }
 
 
