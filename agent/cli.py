@@ -1,31 +1,60 @@
 """The `captaflow` command line: one entry for the tray, the headless agent and the tools.
 
 Exit status: 0 on success, 2 for bad usage or settings, 1 for other failures. Errors are one
-line on stderr that says what to do; `--debug` shows the traceback.
+line on stderr that says what to do; `--debug` shows the traceback. An unexpected error is
+written to the log file with its traceback, and the one line says where that file is.
+
+Every command that reads settings creates the commented settings file on its first run and
+says where, once; `captaflow config` prints that path again.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
+import re
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.errors import CaptaFlowError, UsageError
 
+if TYPE_CHECKING:
+    from agent.config import Settings
+
 log = logging.getLogger("captaflow")
 
 DEMO_FILE = "demo_chat.jsonl"
+PROG = "captaflow"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with bad usage reported as one line (exit status 2) like every other error."""
+
+    def error(self, message: str) -> Any:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+# ---- the parser ---------------------------------------------------------------------------
+
+
+def _source_kinds() -> tuple[str, ...]:
+    from agent.sources import SOURCE_KINDS
+
+    return SOURCE_KINDS
+
+
+def _source_help() -> str:
+    return "where chat comes from: " + ", ".join(_source_kinds())
 
 
 def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
-    """Options every command that needs them accepts (flags override the config file).
+    """Options every command accepts (flags override the settings file).
 
     They are accepted before and after the command. A subcommand's own defaults are
     suppressed, or argparse would overwrite a value given before the command with None.
@@ -44,6 +73,12 @@ def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
         "--prefix", metavar="P", default=default, help="S3 key prefix (default: captaflow)"
     )
     g.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=default,
+        help="how much goes into the log file (log.level)",
+    )
+    g.add_argument(
         "--debug",
         action="store_true",
         default=False if top else argparse.SUPPRESS,
@@ -51,20 +86,51 @@ def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
     )
 
 
+def _source_options(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """Which chat to read: for the tray (bare `captaflow`) and `run`."""
+    default = None if top else argparse.SUPPRESS
+    g = parser.add_argument_group("chat source")
+    g.add_argument(
+        "--channel", default=default, help="the chat to read (e.g. a Twitch channel name)"
+    )
+    g.add_argument("--source", choices=_source_kinds(), default=default, help=_source_help())
+    g.add_argument(
+        "--server-url",
+        metavar="URL",
+        default=default,
+        help="the chat server's address (empty: the source's usual one)",
+    )
+
+
+def _command(
+    sub: Any, name: str, summary: str, description: str = "", **kwargs: Any
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, description=description or summary[:1].upper() + summary[1:] + ".",
+        **kwargs,
+    )  # fmt: skip
+    _common(parser)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="captaflow",
+    parser = _Parser(
+        prog=PROG,
         description="How your live chat feels, moment by moment. Without a command: the tray app.",
     )
-    parser.add_argument("--version", action="version", version=f"captaflow {__version__}")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     _common(parser, top=True)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _source_options(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    run = sub.add_parser("run", help="run the agent headless with the console previews")
-    _common(run)
-    run.add_argument("--channel", help="the chat to read (e.g. a Twitch channel name)")
-    run.add_argument("--source", choices=["twitch", "streamerbot", "ssn", "ws", "replay"])
-    run.add_argument("--server-url", help="chat server URL (Twitch-compatible, Streamer.bot...)")
+    run = _command(
+        sub,
+        "run",
+        "run the agent headless with the console previews",
+        "Run the agent without the tray: read chat, score it, print the previews, keep the "
+        "readings on disk and upload them. Ctrl-C stops cleanly (the open part is sealed).",
+    )
+    _source_options(run)
     run.add_argument("--file", help="recorded chat file for --source replay (JSONL or IRC log)")
     run.add_argument("--speed", help="replay speed: recorded, max, or a factor such as 10")
     run.add_argument("--quiet", action="store_true", help="no per-message preview lines")
@@ -72,45 +138,119 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose", action="store_true", help="every preview line, even at full replay speed"
     )
 
-    demo = sub.add_parser("demo", help="replay a chat recording shipped with CaptaFlow")
-    _common(demo)
+    demo = _command(
+        sub,
+        "demo",
+        "replay a chat recording shipped with CaptaFlow",
+        "Replay the chat recording shipped with CaptaFlow through the whole flow (journal, "
+        "windows, scorer, spool) and write its HTML report.",
+    )
     demo.add_argument("--speed", default="max", help="recorded, max (default) or a factor")
     demo.add_argument("--quiet", action="store_true", help="no per-message preview lines")
     demo.add_argument(
         "--verbose", action="store_true", help="every preview line, even at full replay speed"
     )
 
-    score = sub.add_parser("score", help="score texts (arguments or stdin), one reading a line")
-    _common(score)
+    score = _command(
+        sub,
+        "score",
+        "score texts (arguments or stdin), one reading a line",
+        "Score each text given as an argument, or each line of stdin, and print one line per "
+        "text: the displayed emotions and the dominant one (--json: all 11 labels).",
+    )
     score.add_argument("texts", nargs="*", help="texts to score; none: read lines from stdin")
     score.add_argument("--json", action="store_true", help="JSON lines with all 11 labels")
 
-    replay = sub.add_parser("replay", help="re-score a past session from the journal")
-    _common(replay)
-    replay.add_argument("--session", required=True, metavar="ID")
+    replay = _command(
+        sub,
+        "replay",
+        "re-score a past session from the journal",
+        "Re-score a past session's messages from the journal (for example with a new model) "
+        "into a new session of readings.",
+    )
+    replay.add_argument("--session", required=True, metavar="ID", help="the session to re-score")
     replay.add_argument("--quiet", action="store_true", help="no per-message preview lines")
     replay.add_argument(
         "--verbose", action="store_true", help="every preview line, even at full replay speed"
     )
 
-    sync = sub.add_parser("sync", help="upload what waits now, with progress")
-    _common(sync)
-    status = sub.add_parser("status", help="what is running, waiting, failing")
-    _common(status)
+    _command(
+        sub,
+        "sync",
+        "upload what waits now, with progress",
+        "Upload every sealed part waiting on disk to S3 now, oldest first, once. The running "
+        "agent uploads by itself; this is for a one-off catch-up.",
+    )
+    _command(
+        sub,
+        "status",
+        "what is running, waiting, failing",
+        "Say whether the agent runs, what its last session did, what waits for upload, where "
+        "readings go and which model is used.",
+    )
 
-    report = sub.add_parser("report", help="the local HTML report of a session")
-    _common(report)
+    report = _command(
+        sub,
+        "report",
+        "the local HTML report of a session",
+        "Write the HTML report of a session (the latest by default) and print its path.",
+    )
     which = report.add_mutually_exclusive_group()
-    which.add_argument("--session", metavar="ID")
+    which.add_argument("--session", metavar="ID", help="the session to report on")
     which.add_argument("--latest", action="store_true", help="the latest session (default)")
     which.add_argument("--date", metavar="YYYY-MM-DD", help="the latest session of that day")
     report.add_argument("--out", metavar="FILE", help="where to write the HTML")
     report.add_argument("--open", action="store_true", help="open it in the browser")
 
-    ddl = sub.add_parser("athena-ddl", help="print the Athena table for the readings")
-    _common(ddl)
-    ddl.add_argument("--table", default="captaflow_readings")
-    ddl.add_argument("--database", default=None)
+    ddl = _command(
+        sub,
+        "athena-ddl",
+        "print the Athena table for the readings",
+        "Print the CREATE EXTERNAL TABLE statement that lets Athena query the readings "
+        "uploaded to s3://BUCKET/PREFIX/.",
+    )
+    ddl.add_argument("--table", default="captaflow_readings", help="the table's name")
+    ddl.add_argument("--database", default=None, help="the Glue database to create it in")
+
+    config = _command(
+        sub,
+        "config",
+        "print where the settings file is, or the effective settings",
+        "Print the settings file's path (creating it with commented defaults on first run). "
+        "--show prints every effective setting and where it came from: default, file or flag.",
+    )
+    config.add_argument(
+        "--show", action="store_true", help="print the effective settings and their origin"
+    )
+    config.add_argument(
+        "--create",
+        action="store_true",
+        help="with --config FILE: write a fresh commented FILE when it does not exist",
+    )
+
+    secrets = _command(
+        sub,
+        "secrets",
+        "store a token or password in the OS keyring, or list which are set",
+        "Secrets never go in the settings file. `secrets set NAME` asks for one (without "
+        "echo) and stores it in the OS keyring; `secrets list` says which are set and where "
+        "(environment or keyring), never their values.",
+    )
+    secret_sub = secrets.add_subparsers(
+        dest="secrets_command", metavar="ACTION", required=True, parser_class=_Parser
+    )
+    secret_set = secret_sub.add_parser(
+        "set",
+        help="store one secret in the OS keyring",
+        description="Ask for a secret without echoing it and store it in the OS keyring "
+        '(service "CaptaFlow").',
+    )
+    secret_set.add_argument("name", help="e.g. twitch_token, streamerbot_password, ssn_session")
+    secret_sub.add_parser(
+        "list",
+        help="which secrets are set, and where",
+        description="Which secrets are set, and where (environment or keyring); never values.",
+    )
 
     model = sub.add_parser(
         "model",
@@ -127,47 +267,131 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "export-model",
         help="one-time export of the model to int8 ONNX (= python -m model_export)",
+        description="One-time export of the emotion model to CaptaFlow's int8 ONNX bundle.",
         add_help=False,
     )
     return parser
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+# ---- settings -----------------------------------------------------------------------------
+
+_FLAG_KEYS = {
+    "data_dir": "data_dir",
+    "model": "model.dir",
+    "bucket": "sync.bucket",
+    "prefix": "sync.prefix",
+    "log_level": "log.level",
+    "channel": "source.channel",
+    "source": "source.kind",
+    "server_url": "source.server_url",
+    "file": "source.file",
+    "speed": "source.speed",
+}
+
+
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Flags that map onto settings keys (dotted), only where given."""
-    mapping = {
-        "data_dir": "data_dir",
-        "model": "model.dir",
-        "bucket": "sync.bucket",
-        "prefix": "sync.prefix",
-        "channel": "source.channel",
-        "source": "source.kind",
-        "server_url": "source.server_url",
-        "file": "source.file",
-        "speed": "source.speed",
-    }
     out: dict[str, Any] = {}
-    for attr, key in mapping.items():
+    for attr, key in _FLAG_KEYS.items():
         value = getattr(args, attr, None)
         if value is not None:
             out[key] = value
     return out
 
 
-def _settings(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Any:
-    from agent.config import load_settings
+class Invocation:
+    """One run of the command: its arguments, settings (read once) and log file."""
 
-    overrides = _overrides(args)
-    overrides.update(extra or {})
-    return load_settings(Path(args.config) if args.config else None, overrides)
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.debug = bool(getattr(args, "debug", False))
+        self.log_file: Path | None = None
+        self._settings: Settings | None = None
+
+    @property
+    def config_flag(self) -> Path | None:
+        raw = getattr(self.args, "config", None)
+        return Path(raw) if raw else None
+
+    def settings(self, extra: dict[str, Any] | None = None) -> Settings:
+        """The settings (flags over the file over the defaults); the first call also writes the
+        commented settings file when there is none yet, and says where."""
+        from agent.config import load_settings
+        from agent.paths import location_problem, resolve_locations
+
+        if self._settings is not None and not extra:
+            return self._settings
+        overrides = flag_overrides(self.args)
+        overrides.update(extra or {})
+        locations = resolve_locations(data_dir=overrides.get("data_dir"), config=self.config_flag)
+        problem = location_problem(locations)
+        if problem:
+            raise UsageError(problem)
+        config_file = locations.config_file
+        if not config_file.exists():
+            if self.config_flag is not None:
+                # A named file that is not there is a typo far more often than a wish: using
+                # the defaults silently would run with settings nobody chose.
+                raise UsageError(
+                    f"the settings file {config_file} (--config) does not exist: check the "
+                    f"path, or create it with `captaflow config --create --config {config_file}`"
+                )
+            _first_run_file(config_file)
+        settings = load_settings(self.config_flag, overrides)
+        if not extra:
+            self._settings = settings
+        return settings
+
+    def start_logging(self, settings: Settings, *, console: bool = False) -> None:
+        from agent.logs import setup_logging
+
+        self.log_file = setup_logging(settings, console=console, debug=self.debug)
+
+    def log_unexpected(self) -> Path | None:
+        """Write the current exception's traceback to the log file (only there: the console
+        gets one line); the file's path, or None when there is no log file."""
+        try:
+            from agent.logs import setup_logging
+            from agent.paths import resolve_locations
+
+            target: Any = self._settings
+            if target is None:
+                data_dir = getattr(self.args, "data_dir", None)
+                target = resolve_locations(data_dir=data_dir, config=self.config_flag).log_dir
+            self.log_file = setup_logging(target, debug=self.debug)
+        except Exception:  # logging trouble must not hide the error itself
+            return None
+        log.exception("unexpected error")
+        return self.log_file
 
 
-def _previews(settings: Any, quiet: bool, verbose: bool = False, fast: bool | None = None) -> Any:
+def _first_run_file(config_file: Path) -> None:
+    from agent.config import write_default_config
+    from agent.errors import SettingsError
+
+    try:
+        write_default_config(config_file)
+    except SettingsError as error:
+        # No settings file is no reason not to run: the defaults hold, and the next run tries
+        # again.
+        print(f"captaflow: {error} (going on with the defaults)", file=sys.stderr)
+        return
+    print(
+        f"captaflow: created the settings file {config_file} (commented defaults: edit it to "
+        f"change them)",
+        file=sys.stderr,
+    )
+
+
+def _previews(
+    settings: Settings, quiet: bool, verbose: bool = False, fast: bool | None = None
+) -> Any:
     from agent.previews import console_previews
 
     return console_previews(settings, quiet=quiet, verbose=verbose, fast=fast)
 
 
-def _require_model(settings: Any) -> None:
+def _require_model(settings: Settings) -> None:
     from agent.bundle import model_present
 
     model_dir = Path(settings.model.dir)
@@ -179,22 +403,30 @@ def _require_model(settings: Any) -> None:
         )
 
 
-# ---- commands ------------------------------------------------------------------------------
+def _require_setup(settings: Settings) -> None:
+    from agent.config import setup_problem
+
+    problem = setup_problem(settings)
+    if problem:
+        raise UsageError(problem)
 
 
-def cmd_run(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> int:
-    _run_agent(args, extra)
+# ---- commands -------------------------------------------------------------------------------
+
+
+def cmd_run(inv: Invocation) -> int:
+    _run_agent(inv)
     return 0
 
 
-def _run_agent(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Any:
+def _run_agent(inv: Invocation, extra: dict[str, Any] | None = None) -> Settings:
     """Run the agent headless until its source ends or Ctrl-C; returns the settings used."""
-    from agent.logs import setup_logging
     from agent.runtime import Agent
     from agent.single_instance import SingleInstance
 
-    settings = _settings(args, extra)
-    setup_logging(settings, console=True, debug=args.debug)
+    settings = inv.settings(extra)
+    inv.start_logging(settings, console=True)
+    _require_setup(settings)
     _require_model(settings)
     with SingleInstance(Path(settings.data_dir)) as lock:
         if not lock.acquired:
@@ -202,7 +434,7 @@ def _run_agent(args: argparse.Namespace, extra: dict[str, Any] | None = None) ->
                 f"CaptaFlow is already running (pid {lock.holder_pid}) on {settings.data_dir}: "
                 f"stop it from the tray first, or use another --data-dir"
             )
-        agent = Agent(settings, previews=_previews(settings, args.quiet, args.verbose))
+        agent = Agent(settings, previews=_previews(settings, inv.args.quiet, inv.args.verbose))
         agent.run_forever()
         status = agent.status()
         print(
@@ -215,15 +447,15 @@ def _run_agent(args: argparse.Namespace, extra: dict[str, Any] | None = None) ->
     return settings
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(inv: Invocation) -> int:
     demo = resources.files("agent") / "data" / DEMO_FILE
     with resources.as_file(demo) as path:
         settings = _run_agent(
-            args,
+            inv,
             {
                 "source.kind": "replay",
                 "source.file": str(path),
-                "source.speed": args.speed,
+                "source.speed": inv.args.speed,
                 "source.channel": "",
             },
         )
@@ -243,15 +475,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_score(args: argparse.Namespace) -> int:
+def cmd_score(inv: Invocation) -> int:
     from agent.assembly import open_scorer
     from agent.previews import format_message_line
     from agent.vocab import LABELS, dominant_label
 
-    settings = _settings(args)
+    settings = inv.settings()
     _require_model(settings)
     scorer = open_scorer(settings)
-    texts: Sequence[str] = args.texts
+    texts: Sequence[str] = inv.args.texts
     if not texts:
         if sys.stdin is None or sys.stdin.isatty():
             raise UsageError("give texts to score as arguments, or pipe lines into stdin")
@@ -263,7 +495,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         scores = scorer.score(chunk)
         for text, row in zip(chunk, scores, strict=True):
             values = tuple(float(x) for x in row)
-            if args.json:
+            if inv.args.json:
                 print(
                     json.dumps(
                         {
@@ -284,19 +516,19 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _journal_samples(settings: Any) -> Any:
+def _journal_samples(settings: Settings) -> Any:
     from agent.journal import sample_source
 
     return sample_source(Path(settings.journal_path))
 
 
-def cmd_replay(args: argparse.Namespace) -> int:
-    from agent.logs import setup_logging
+def cmd_replay(inv: Invocation) -> int:
     from agent.rescore import rescore_session
 
-    settings = _settings(args)
-    setup_logging(settings, console=True, debug=args.debug)
+    settings = inv.settings()
+    inv.start_logging(settings, console=True)
     _require_model(settings)
+    args = inv.args
     previews = _previews(settings, args.quiet, args.verbose, fast=True)
     result = rescore_session(settings, args.session, previews=previews)
     print(
@@ -307,84 +539,68 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sync(args: argparse.Namespace) -> int:
+# The uploader's messages are written for the agent, which retries by itself; a one-shot sync
+# does not, so the promise is taken off and replaced by what the user can do.
+_RETRY_PROMISE = re.compile(r"(?:[;:,]\s*|\s+)(?:offline\?\s*)?will retry\.?$")
+
+
+def one_shot_failure(failed: str, waiting: int, *, fatal: bool) -> str:
+    """The line a one-shot `captaflow sync` ends with when a part could not be uploaded."""
+    reason = _RETRY_PROMISE.sub("", failed.strip())
+    kept = f"{waiting} part(s) stay on disk, nothing is lost"
+    if fatal:
+        return f"upload stopped: {reason}; {kept}: fix that, then run `captaflow sync` again"
+    return (
+        f"upload stopped: {reason}; {kept}: run `captaflow sync` again once S3 is reachable "
+        f"(a running agent retries by itself)"
+    )
+
+
+def cmd_sync(inv: Invocation) -> int:
     from agent.sync import S3ObjectStore, Uploader
 
-    settings = _settings(args)
+    settings = inv.settings()
+    # File only: the uploader's own warnings must not interleave with the progress lines.
+    inv.start_logging(settings)
     s = settings.sync
     if not s.bucket:
         raise UsageError("no bucket set: pass --bucket NAME or set sync.bucket in the config file")
     store = S3ObjectStore(s.bucket, region=s.region or None)
     uploader = Uploader(Path(settings.spool.dir), store, s.prefix)
+    target = f"s3://{s.bucket}/{s.prefix}/" if s.prefix else f"s3://{s.bucket}/"
 
     def progress(done: int, total: int) -> None:
-        print(f"\ruploading {done}/{total} parts", end="", file=sys.stderr, flush=True)
+        if total == 0:
+            print(f"nothing waits for upload to {target}", file=sys.stderr)
+        elif done == 0:
+            print(f"uploading {total} part(s) to {target}", file=sys.stderr)
+        else:
+            print(f"uploaded {done}/{total}", file=sys.stderr)
 
     report = uploader.sync_once(progress=progress)
-    print(file=sys.stderr)
-    print(
-        f"uploaded {len(report.uploaded)} part(s) to s3://{s.bucket}/{s.prefix}/; "
-        f"{report.waiting} still waiting",
-        file=sys.stderr,
-    )
     if report.failed:
-        raise CaptaFlowError(report.failed)
+        raise CaptaFlowError(one_shot_failure(report.failed, report.waiting, fatal=report.fatal))
+    if report.uploaded:
+        print(
+            f"uploaded {len(report.uploaded)} part(s) to {target}; {report.waiting} still waiting",
+            file=sys.stderr,
+        )
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from agent.assembly import STATUS_FILE
-    from agent.single_instance import SingleInstance
+def cmd_status(inv: Invocation) -> int:
+    from agent.status_text import gather_status, status_lines
 
-    settings = _settings(args)
-    data_dir = Path(settings.data_dir)
-    with SingleInstance(data_dir) as lock:
-        running = not lock.acquired
-        holder = lock.holder_pid
-    spool = Path(settings.spool.dir)
-    waiting = sorted((spool / "sealed").rglob("*.csv")) if (spool / "sealed").is_dir() else []
-    uploaded = list((spool / "uploaded").rglob("*.csv")) if (spool / "uploaded").is_dir() else []
-    corrupt = list((spool / "corrupt").rglob("*")) if (spool / "corrupt").is_dir() else []
-    print(f"agent: {'running (pid ' + str(holder) + ')' if running else 'not running'}")
-    snapshot_path = data_dir / STATUS_FILE
-    if snapshot_path.is_file():
-        try:
-            snap = json.loads(snapshot_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            snap = {}
-        if snap:
-            age = time.time() - float(snap.get("written_at", 0))
-            source = snap.get("source") or {}
-            link = f"{source.get('state')} {source.get('detail', '')}".rstrip()
-            print(f"last status ({age:.0f} s ago): {snap.get('state')}, source {link}")
-            print(
-                f"session: {snap.get('session_id')} on {snap.get('channel')}; "
-                f"{snap.get('messages_total')} messages, {snap.get('readings_total')} readings, "
-                f"dominant: {snap.get('dominant')}"
-            )
-            if snap.get("upload_state"):
-                print(f"upload: {snap.get('upload_state')}")
-            if snap.get("problem"):
-                print(f"problem: {snap.get('problem')}")
-    print(
-        f"spool: {len(waiting)} part(s) waiting for upload, {len(uploaded)} uploaded, "
-        f"{len(corrupt)} set aside in {spool / 'corrupt'}"
-        if corrupt
-        else f"spool: {len(waiting)} part(s) waiting for upload, {len(uploaded)} uploaded"
-    )
-    bucket = settings.sync.bucket
-    print(
-        f"sync: {'to s3://' + bucket + '/' + settings.sync.prefix if bucket else 'off (no bucket)'}"
-    )
-    print(f"model: {settings.model.dir}")
-    print(f"data: {data_dir}")
+    for line in status_lines(gather_status(inv.settings())):
+        print(line)
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def cmd_report(inv: Invocation) -> int:
     from agent.report import build_report
 
-    settings = _settings(args)
+    settings = inv.settings()
+    args = inv.args
     out = (
         Path(args.out)
         if args.out
@@ -400,35 +616,104 @@ def cmd_report(args: argparse.Namespace) -> int:
         out=out,
     )
     print(path)
-    if args.open:
-        import webbrowser
-
-        webbrowser.open(path.resolve().as_uri())
+    if args.open and not _open_in_browser(path):
+        print(
+            f"captaflow: no browser could be opened here; open {path.resolve()} yourself",
+            file=sys.stderr,
+        )
     return 0
 
 
-def cmd_athena_ddl(args: argparse.Namespace) -> int:
+def _open_in_browser(path: Path) -> bool:
+    import webbrowser
+
+    try:
+        return bool(webbrowser.open(path.resolve().as_uri()))
+    except webbrowser.Error:
+        return False
+
+
+ATHENA_PLACEHOLDER_BUCKET = "your-bucket"
+
+
+def cmd_athena_ddl(inv: Invocation) -> int:
     from agent.athena import athena_ddl
 
-    settings = _settings(args)
-    bucket = settings.sync.bucket or "YOUR-BUCKET"
+    settings = inv.settings()
+    bucket = settings.sync.bucket
+    if not bucket:
+        # A valid placeholder name, so the statement is complete; the note says to change it.
+        bucket = ATHENA_PLACEHOLDER_BUCKET
+        print(
+            f"captaflow: no bucket set: the table points at s3://{bucket}/; pass --bucket NAME "
+            f"(or set sync.bucket) for the real one",
+            file=sys.stderr,
+        )
+    args = inv.args
     print(athena_ddl(bucket, settings.sync.prefix, table=args.table, database=args.database))
     return 0
 
 
-def cmd_model(args: argparse.Namespace) -> int:
+def cmd_model(inv: Invocation) -> int:
     from agent.model_download import model_get
 
-    return model_get(_settings(args), url=args.url, sha256=args.sha256, force=args.force)
+    args = inv.args
+    return model_get(inv.settings(), url=args.url, sha256=args.sha256, force=args.force)
 
 
-def cmd_tray(args: argparse.Namespace) -> int:
+def cmd_config(inv: Invocation) -> int:
+    from agent.config import describe_settings, write_default_config
+
+    flag = inv.config_flag
+    if inv.args.create:
+        if flag is None:
+            raise UsageError("--create needs --config FILE: the file to write")
+        if not flag.exists():
+            write_default_config(flag.absolute())
+            print(f"captaflow: created the settings file {flag.absolute()}", file=sys.stderr)
+    settings = inv.settings()
+    if inv.args.show:
+        print("\n".join(describe_settings(settings)))
+    else:
+        print(settings.config_path)
+    return 0
+
+
+def cmd_secrets(inv: Invocation) -> int:
+    from agent.secrets import list_secrets, store_secret
+
+    inv.settings()  # the first run writes the settings file here too
+    if inv.args.secrets_command == "list":
+        for state in list_secrets():
+            where = {"environment": f"set in the environment ({state.env})"}.get(
+                state.where, "set in the OS keyring" if state.where == "keyring" else "not set"
+            )
+            print(f"{state.name}: {where}")
+        return 0
+    name = inv.args.name
+    from agent.secrets import find_secret
+
+    spec = find_secret(name)  # an unknown name fails before anything is asked
+    if sys.stdin is None or not sys.stdin.isatty():
+        value = sys.stdin.readline().rstrip("\r\n") if sys.stdin is not None else ""
+    else:
+        value = getpass.getpass(f"{spec.keyring} ({spec.doc}): ")
+    store_secret(spec.keyring, value)
+    print(f'stored {spec.keyring} in the OS keyring (service "CaptaFlow")', file=sys.stderr)
+    return 0
+
+
+def cmd_tray(inv: Invocation) -> int:
     from agent.tray import run_tray
 
-    return run_tray(_settings(args), debug=args.debug)
+    # The overrides go along: each Start re-reads the settings file, and the flags given on
+    # this command line must still win then.
+    overrides = flag_overrides(inv.args)
+    overrides.pop("data_dir", None)
+    return run_tray(inv.settings(), debug=inv.debug, overrides=overrides)
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[[Invocation], int]] = {
     "run": cmd_run,
     "demo": cmd_demo,
     "score": cmd_score,
@@ -438,30 +723,37 @@ COMMANDS = {
     "report": cmd_report,
     "athena-ddl": cmd_athena_ddl,
     "model": cmd_model,
+    "config": cmd_config,
+    "secrets": cmd_secrets,
 }
+
+
+def _export_model(argv: list[str]) -> int:
+    """The export has its own options; hand them over untouched."""
+    try:
+        from model_export.cli import main as export_main
+    except ImportError:
+        print(
+            "captaflow: the export needs the export extras: run "
+            "`pip install 'captaflow[export]'` in a Python install (the executable does not "
+            "bundle PyTorch), then `captaflow export-model`",
+            file=sys.stderr,
+        )
+        return 1
+    return export_main(argv, prog=f"{PROG} export-model")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "export-model":
-        # The export has its own options; hand them over untouched.
-        try:
-            from model_export.cli import main as export_main
-        except ImportError:
-            print(
-                "captaflow: the export needs the export extras: run "
-                "`pip install 'captaflow[export]'` in a Python install (the executable does not "
-                "bundle PyTorch), then `captaflow export-model`",
-                file=sys.stderr,
-            )
-            return 1
-        return export_main(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    debug = bool(getattr(args, "debug", False))
+        return _export_model(argv[1:])
+    debug = "--debug" in argv
+    inv: Invocation | None = None
     try:
+        args = build_parser().parse_args(argv)
+        inv = Invocation(args)
         handler = COMMANDS.get(args.command or "", cmd_tray)
-        return handler(args)
+        return handler(inv)
     except CaptaFlowError as exc:
         if debug:
             raise
@@ -473,13 +765,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the last line of defence: one line, never a traceback
         if debug:
             raise
-        log.exception("unexpected error")
+        log_file = inv.log_unexpected() if inv is not None else None
+        where = f"the details are in {log_file}" if log_file else "run again with --debug"
         print(
-            f"captaflow: unexpected {type(exc).__name__}: {exc} (run again with --debug for "
-            f"details and report it)",
+            f"captaflow: unexpected {type(exc).__name__}: {_first_line(exc)} ({where}; please "
+            f"report it)",
             file=sys.stderr,
         )
         return 1
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else "no message"
 
 
 if __name__ == "__main__":  # pragma: no cover

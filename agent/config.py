@@ -48,7 +48,15 @@ from agent.checks import (
     whole,
 )
 from agent.errors import SettingsError
-from agent.paths import DEFAULT_BUNDLE_URL, Locations, default_model_dir, resolve_locations
+from agent.paths import (
+    CONFIG_ENV,
+    DATA_DIR_ENV,
+    DEFAULT_BUNDLE_URL,
+    Locations,
+    default_model_dir,
+    location_problem,
+    resolve_locations,
+)
 from agent.vocab import DEFAULT_DISPLAYED, LABELS
 
 SOURCE_KINDS = ("twitch", "streamerbot", "ssn", "ws", "replay")
@@ -419,6 +427,9 @@ class Settings:
     sync: SyncSettings
     journal: JournalSettings
     log: LogSettings
+    # (dotted key, value as TOML, where it came from: "default", "file" or "flag"), for
+    # `captaflow config --show`; not part of what the settings are.
+    explained: tuple[tuple[str, str, str], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def config_path(self) -> Path:
@@ -616,6 +627,9 @@ def load_settings(
     given = dict(overrides or {})
     data_dir = given.pop("data_dir", None)
     paths = resolve_locations(data_dir=data_dir, config=path, env=env)
+    problem = location_problem(paths)
+    if problem:
+        raise SettingsError(problem)
     config_file = paths.config_file
     if create_if_missing and not config_file.exists():
         write_default_config(config_file)
@@ -651,6 +665,16 @@ def load_settings(
         # Relative paths in the file are relative to the file; on the command line, to the cwd.
         base = Path.cwd() if dotted in cli_keys else config_file.parent
         return _resolve_path(raw, base)
+
+    derived = {"model.dir": default_model_dir(paths), "spool.dir": paths.spool_dir}
+
+    def explained(dotted: str, spec: _Key) -> tuple[str, str, str]:
+        origin = "flag" if dotted in cli_keys else "file" if dotted in values else "default"
+        value = get_path(dotted) if spec.is_path else get(dotted)
+        if value is None:
+            value = derived.get(dotted, "")
+        shown = str(value) if isinstance(value, Path) else value
+        return dotted, _toml_repr(shown), origin
 
     source = SourceSettings(
         kind=get("source.kind"),
@@ -692,21 +716,67 @@ def load_settings(
             **{key.name: get(f"journal.{key.name}") for key in _SCHEMA["journal"]}
         ),
         log=LogSettings(level=get("log.level")),
+        explained=tuple(
+            explained(f"{section}.{spec.name}", spec)
+            for section, specs in _SCHEMA.items()
+            for spec in specs
+        ),
     )
 
 
+_ORIGIN_WORDS = {
+    "config": {"flag": "--config", "environment": CONFIG_ENV, "default": "the default place"},
+    "data": {"flag": "--data-dir", "environment": DATA_DIR_ENV, "default": "the default place"},
+}
+
+
+def describe_settings(settings: Settings) -> list[str]:
+    """The effective settings as TOML lines, each with a comment saying where it came from
+    (default, file, flag); the places first. Holds no secret: none is ever a setting."""
+    paths = settings.paths
+    lines = [
+        f"# settings file: {paths.config_file} "
+        f"(from {_ORIGIN_WORDS['config'][paths.config_origin]})",
+        f"# data folder: {paths.data_dir} (from {_ORIGIN_WORDS['data'][paths.data_origin]})",
+        f"# log folder: {paths.log_dir}",
+    ]
+    section = ""
+    for dotted, shown, origin in settings.explained:
+        table, name = dotted.rsplit(".", 1)
+        if table != section:
+            section = table
+            lines += ["", f"[{table}]"]
+        lines.append(f"{name} = {shown}  # {origin}")
+    return lines
+
+
 def setup_problem(settings: Settings) -> str | None:
-    """What stops the agent from starting with these settings, as one line saying what to do."""
+    """What stops the agent from starting with these settings, as one line saying what to do.
+
+    The line names both the flag and the settings key: the tray and `captaflow run` show it.
+    """
     source = settings.source
     where = settings.config_path
     if source.kind == "twitch" and not source.channel:
-        return f'No channel set: open Settings and set channel = "name" under [source] ({where})'
+        return (
+            f'no channel set: pass --channel NAME, or set channel = "name" under [source] '
+            f"in {where}"
+        )
     if source.kind == "ws" and not source.server_url:
-        return f'No server_url set for the "ws" source: set it under [source] in {where}'
+        return (
+            f'no server_url set for the "ws" source: pass --server-url ws://HOST:PORT/PATH, '
+            f"or set server_url under [source] in {where}"
+        )
     if source.kind == "replay" and source.file is None:
-        return f'No file set for the "replay" source: set file under [source] in {where}'
+        return (
+            f'no file set for the "replay" source: pass --file PATH, or set file under '
+            f"[source] in {where}"
+        )
     if source.kind == "replay" and source.file is not None and not source.file.is_file():
-        return f"The replay file {source.file} does not exist: fix file under [source] in {where}"
+        return (
+            f"the chat file {source.file} does not exist: check --file (or file under "
+            f"[source] in {where})"
+        )
     return None
 
 

@@ -21,6 +21,7 @@ import platformdirs
 APP_NAME = "CaptaFlow"
 APP_AUTHOR = "CaptaFlow"
 CONFIG_FILE_NAME = "config.toml"
+STATUS_FILE_NAME = "status.json"
 DATA_DIR_ENV = "CAPTAFLOW_DATA_DIR"
 CONFIG_ENV = "CAPTAFLOW_CONFIG"
 # The model bundle `packaging/build.py --model DIR` packs into the executable, under this
@@ -40,6 +41,10 @@ class Locations:
     config_file: Path
     data_dir: Path
     log_dir: Path
+    # Where each choice came from, for `captaflow config --show`: "flag", "environment"
+    # (CAPTAFLOW_CONFIG / CAPTAFLOW_DATA_DIR) or "default" (the platform's folders).
+    config_origin: str = "default"
+    data_origin: str = "default"
 
     @property
     def model_dir(self) -> Path:
@@ -56,6 +61,11 @@ class Locations:
     @property
     def reports_dir(self) -> Path:
         return self.data_dir / "reports"
+
+    @property
+    def status_file(self) -> Path:
+        # The running agent's snapshot, which `captaflow status` in another process reads.
+        return self.data_dir / STATUS_FILE_NAME
 
     @property
     def lock_file(self) -> Path:
@@ -91,7 +101,45 @@ def resolve_locations(
         config_file = _expand(chosen_config)
     else:
         config_file = platformdirs.user_config_path(APP_NAME, APP_AUTHOR) / CONFIG_FILE_NAME
-    return Locations(config_file=config_file, data_dir=data, log_dir=logs)
+    return Locations(
+        config_file=config_file,
+        data_dir=data,
+        log_dir=logs,
+        config_origin=_origin(config, environ.get(CONFIG_ENV)),
+        data_origin=_origin(data_dir, environ.get(DATA_DIR_ENV)),
+    )
+
+
+def _origin(flag: object, environment: str | None) -> str:
+    if flag:
+        return "flag"
+    return "environment" if environment else "default"
+
+
+def location_problem(locations: Locations) -> str | None:
+    """Why these places cannot be used (a file where a folder belongs, or the reverse), as one
+    line saying what to do; None when they can (missing folders are created when needed)."""
+    data, config = locations.data_dir, locations.config_file
+    blocker = _first_existing(data)
+    if blocker is not None and not blocker.is_dir():
+        named = {"flag": "--data-dir", "environment": DATA_DIR_ENV}.get(locations.data_origin)
+        what = "is a file" if blocker == data else f"cannot be made ({blocker} is a file)"
+        todo = f"give {named} a folder" if named else f"move {blocker} away"
+        return f"the data folder {data} {what}: {todo} (a missing folder is created)"
+    if config.is_dir():
+        named = {"flag": "--config", "environment": CONFIG_ENV}.get(locations.config_origin)
+        return f"the settings file {config} is a folder: " + (
+            f"give {named} a file name" if named else "move that folder away"
+        )
+    return None
+
+
+def _first_existing(path: Path) -> Path | None:
+    """`path` or its nearest ancestor that exists (None only if not even the root does)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return None
 
 
 def bundled_model_dir(env: Mapping[str, str] | None = None) -> Path | None:

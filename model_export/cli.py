@@ -37,12 +37,12 @@ from model_export.tiny import (
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see `python -m model_export --help`)")
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m model_export") -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="python -m model_export",
+        prog=prog,
         description=(
             "Export the CardiffNLP emotion model once into CaptaFlow's int8 ONNX bundle "
             "(downloads about 500 MB from the Hugging Face Hub)."
@@ -163,8 +163,9 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, *, prog: str = "python -m model_export") -> int:
+    """`prog` is how the help names the command (`captaflow export-model` from the agent)."""
+    parser = build_parser(prog)
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         _run(parser.parse_args(argv))

@@ -345,7 +345,7 @@ def test_without_environment_or_keyring_backend_secrets_are_quietly_absent() -> 
 
 
 def test_setup_problem_says_what_the_source_still_needs(config: Path, tmp_path: Path) -> None:
-    assert "No channel set" in (setup_problem(load(config, "")) or "")
+    assert "no channel set: pass --channel NAME" in (setup_problem(load(config, "")) or "")
     assert setup_problem(load(config, '[source]\nchannel = "xqcow"\n')) is None
     assert "server_url" in (setup_problem(load(config, '[source]\nkind = "ws"\n')) or "")
     missing = setup_problem(load(config, '[source]\nkind = "replay"\nfile = "nope.jsonl"\n'))

@@ -1,0 +1,230 @@
+"""What `captaflow status` says: facts gathered from disk, then lines made by a pure function.
+
+Truthful first: "running" only while another process holds the data folder's lock (the
+snapshot file alone proves nothing: a killed agent leaves its last one behind); a stopped
+agent's snapshot is told as its last session, never as a live state. Each fact is said once
+(upload and sync are one line), and a value that is not known is left out, never "None".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.vocab import StatusRecord
+
+if TYPE_CHECKING:
+    from agent.config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFacts:
+    directory: Path
+    present: bool
+    model_id: str = ""
+    test_model: str = ""  # the manifest's `test_model` label; "" for the real export
+    parity: Mapping[str, Any] = field(default_factory=dict)
+    problem: str = ""  # the bundle is there but its manifest cannot be read
+
+
+@dataclass(frozen=True, slots=True)
+class StatusFacts:
+    running_pid: int | None  # the lock holder; None = not running (0: running, pid unknown)
+    record: StatusRecord | None  # the status file (None when absent or unreadable)
+    record_age: float | None  # seconds since it was written
+    parts_waiting: int
+    parts_uploaded: int
+    parts_set_aside: int
+    parts_open: int  # open parts while nothing runs: the last run did not stop cleanly
+    spool_dir: Path
+    sync_enabled: bool
+    bucket: str
+    prefix: str
+    model: ModelFacts
+    data_dir: Path
+
+
+def _count(root: Path, pattern: str) -> int:
+    return sum(1 for path in root.rglob(pattern) if path.is_file()) if root.is_dir() else 0
+
+
+def model_facts(model_dir: Path) -> ModelFacts:
+    from agent.bundle import MANIFEST_FILE, Manifest, model_present
+
+    if not model_present(model_dir):
+        return ModelFacts(model_dir, present=False)
+    try:
+        data = json.loads((model_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+        manifest = Manifest.from_json(data)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return ModelFacts(model_dir, present=True, problem=f"{type(error).__name__}: {error}")
+    label = data.get("test_model")
+    return ModelFacts(
+        model_dir,
+        present=True,
+        model_id=manifest.source_model_id,
+        test_model=str(label) if label else "",
+        parity=dict(manifest.parity),
+    )
+
+
+def gather_status(settings: Settings) -> StatusFacts:
+    """Everything `status_lines` needs, read from the data folder without changing it."""
+    from agent.single_instance import SingleInstance
+    from agent.spool import CORRUPT_DIR, OPEN_DIR, SEALED_DIR, UPLOADED_DIR
+
+    data_dir = Path(settings.data_dir)
+    running_pid: int | None = None
+    if data_dir.is_dir():
+        with SingleInstance(data_dir) as lock:
+            if not lock.acquired:
+                running_pid = lock.holder_pid or 0
+    record: StatusRecord | None = None
+    age: float | None = None
+    try:
+        loaded = json.loads(settings.paths.status_file.read_text(encoding="utf-8"))
+        record = StatusRecord.from_json(loaded) if isinstance(loaded, dict) else None
+    except (OSError, ValueError, TypeError):
+        record = None
+    if record is not None and record.written_at > 0:
+        age = max(0.0, time.time() - record.written_at)
+    spool = Path(settings.spool.dir)
+    return StatusFacts(
+        running_pid=running_pid,
+        record=record,
+        record_age=age,
+        parts_waiting=_count(spool / SEALED_DIR, "*.csv"),
+        parts_uploaded=_count(spool / UPLOADED_DIR, "*.csv"),
+        parts_set_aside=_count(spool / CORRUPT_DIR, "*"),
+        parts_open=_count(spool / OPEN_DIR, "*"),
+        spool_dir=spool,
+        sync_enabled=settings.sync.enabled,
+        bucket=settings.sync.bucket,
+        prefix=settings.sync.prefix,
+        model=model_facts(Path(settings.model.dir)),
+        data_dir=data_dir,
+    )
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
+def _session_line(record: StatusRecord) -> str | None:
+    if not record.session_id:
+        return None
+    on = f" on {record.channel}" if record.channel else ""
+    return (
+        f"{record.session_id}{on}: {record.messages_total} messages, "
+        f"{record.readings_total} readings"
+    )
+
+
+def _model_line(model: ModelFacts, running_model: str = "") -> str:
+    if not model.present:
+        return (
+            f"model: none at {model.directory}: run `captaflow export-model` once, or pass "
+            f"--model DIR"
+        )
+    if model.problem:
+        return (
+            f"model: the bundle at {model.directory} cannot be read ({model.problem}): run "
+            f"`captaflow export-model` again"
+        )
+    parts = [f"model: {model.model_id} at {model.directory}"]
+    if model.test_model:
+        parts.append(f"TEST MODEL ({model.test_model}): its emotions mean nothing")
+    figures = []
+    max_diff = model.parity.get("max_abs_diff")
+    if isinstance(max_diff, int | float):
+        figures.append(f"max diff {max_diff:.4f}")
+    agreement = model.parity.get("top_label_agreement")
+    if isinstance(agreement, int | float):
+        figures.append(f"top label agreement {agreement:.0%}")
+    if figures:
+        parts.append("int8 parity: " + ", ".join(figures))
+    if running_model and running_model != model.model_id:
+        parts.append(f"the running agent still uses {running_model} (restart it to switch)")
+    return "; ".join(parts)
+
+
+def _sync_line(facts: StatusFacts, upload_state: str) -> str:
+    if not facts.bucket:
+        return "sync: off (no bucket: pass --bucket NAME or set sync.bucket)"
+    target = f"s3://{facts.bucket}/{facts.prefix}/" if facts.prefix else f"s3://{facts.bucket}/"
+    if not facts.sync_enabled:
+        return f"sync: off (sync.enabled = false; the bucket would be {target})"
+    return f"sync: to {target}" + (f", {upload_state}" if upload_state else "")
+
+
+def status_lines(facts: StatusFacts) -> list[str]:
+    """The lines `captaflow status` prints, in order."""
+    record = facts.record
+    # The file describes the running agent only when the lock holder wrote it; otherwise it
+    # is what the last agent said before it ended (or was killed).
+    live = (
+        record
+        if record is not None
+        and facts.running_pid is not None
+        and record.pid in (facts.running_pid, 0)
+        else None
+    )
+    lines: list[str] = []
+    if facts.running_pid is not None:
+        pid = f" (pid {facts.running_pid})" if facts.running_pid else ""
+        state = live.state if live is not None and live.state != "stopped" else "running"
+        lines.append(f"agent: {state}{pid}")
+        if live is not None:
+            link = " ".join(
+                part for part in (live.source.get("state"), live.source.get("detail")) if part
+            )
+            if link:
+                lines.append(f"source: {link}")
+            session = _session_line(live)
+            if session:
+                lines.append(f"session: {session}")
+            if live.dominant:
+                lines.append(f"chat feels: {live.dominant} (the latest reading)")
+            if live.problem:
+                lines.append(f"problem: {live.problem}")
+    else:
+        lines.append("agent: not running")
+        session = _session_line(record) if record is not None else None
+        if record is not None and session:
+            ago = _ago(facts.record_age)
+            lines.append(f"last session: {session}" + (f" (last seen {ago})" if ago else ""))
+            if record.problem:
+                lines.append(f"last problem: {record.problem}")
+        if facts.parts_open or (record is not None and record.state != "stopped"):
+            lines.append(
+                "last run: did not stop cleanly (killed or crashed); the next start recovers "
+                "what it left"
+            )
+    shown = live if live is not None else record if facts.running_pid is None else None
+    if shown is not None and shown.set_aside_total:
+        lines.append(
+            f"set aside: {shown.set_aside_total} window(s) that could not be scored or written "
+            f"(the log says why)"
+        )
+    spool = (
+        f"spool: {facts.parts_waiting} part(s) waiting for upload, {facts.parts_uploaded} uploaded"
+    )
+    if facts.parts_set_aside:
+        spool += f", {facts.parts_set_aside} set aside in {facts.spool_dir / 'corrupt'}"
+    lines.append(spool)
+    lines.append(_sync_line(facts, live.upload_state if live is not None else ""))
+    lines.append(_model_line(facts.model, live.model_id if live is not None else ""))
+    lines.append(f"data: {facts.data_dir}")
+    return lines

@@ -1,0 +1,510 @@
+"""The command line as a user meets it: a settings file and an environment in, `python -m agent`
+as a process, exit status, the lines on stdout/stderr and the files left behind out.
+
+Each test breaks one thing on purpose (a file where a folder belongs, a missing file, a value
+past its bound, S3 out of reach) and checks the one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from agent.config import default_config_text
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "agent" / "data" / "demo_chat.jsonl"
+CREATED = "captaflow: created the settings file "
+
+
+class Home:
+    """A user's folders: settings file, data folder and a HOME nothing else can see."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.config = root / "settings" / "config.toml"
+        self.data = root / "data"
+
+    def write_settings(self, text: str) -> Path:
+        self.config.parent.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(text, encoding="utf-8")
+        return self.config
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        environment = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("CAPTAFLOW_", "AWS_"))
+        }
+        environment.update(
+            {
+                "PYTHONPATH": str(ROOT),
+                "CAPTAFLOW_NO_KEYRING": "1",
+                # The settings file's place: absent until the first run creates it.
+                "CAPTAFLOW_CONFIG": str(self.config),
+                "HOME": str(self.root / "home"),
+                "XDG_CONFIG_HOME": str(self.root / "home" / ".config"),
+                "XDG_DATA_HOME": str(self.root / "home" / ".local" / "share"),
+            }
+        )
+        environment.update(extra or {})
+        return environment
+
+    def run(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        stdin: str | None = None,
+        data_dir: bool = True,
+        timeout: float = 180,
+    ) -> subprocess.CompletedProcess[str]:
+        common = ["--data-dir", str(self.data)] if data_dir else []
+        return subprocess.run(
+            [sys.executable, "-m", "agent", *common, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.env(env),
+            timeout=timeout,
+            cwd=self.root,
+        )
+
+
+def error_line(result: subprocess.CompletedProcess[str], status: int) -> str:
+    """The one error line (the first-run note aside); no traceback."""
+    assert result.returncode == status, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if not line.startswith(CREATED)]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("captaflow: ")
+    return lines[0]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    return Home(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory: pytest.TempPathFactory, tiny_bundle: Path) -> Home:
+    """A home whose data folder went through `captaflow demo` once (one sealed part)."""
+    home = Home(tmp_path_factory.mktemp("demo-home"))
+    home.write_settings(f'[model]\ndir = "{tiny_bundle.as_posix()}"\n')
+    result = home.run("--config", str(home.config), "demo", "--quiet")
+    assert result.returncode == 0, result.stderr
+    return home
+
+
+# ---- settings: found, shown, created --------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["status"], ["config"], ["athena-ddl"], ["report"]])
+def test_every_command_creates_the_commented_settings_file_once_and_says_where(
+    home: Home, command: list[str]
+) -> None:
+    first = home.run(*command)
+    assert home.config.read_text(encoding="utf-8") == default_config_text()
+    assert first.stderr.count(CREATED) == 1
+    assert f"{CREATED}{home.config} " in first.stderr
+    second = home.run(*command)
+    assert CREATED not in second.stderr
+    assert second.returncode == first.returncode
+    # The note goes to stderr only, so what a command prints for scripts stays clean.
+    assert CREATED not in first.stdout
+
+
+def test_config_prints_the_settings_files_path(home: Home) -> None:
+    result = home.run("config")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{home.config}\n"
+
+
+def test_config_show_says_where_each_value_came_from(home: Home) -> None:
+    home.write_settings('[window]\nmessages = 25\n[source]\nchannel = "xqcow"\n')
+    data = home.root / "elsewhere"
+    result = home.run(
+        "config", "--show", "--bucket", "my-readings", "--log-level", "debug",
+        env={"CAPTAFLOW_DATA_DIR": str(data)}, data_dir=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert f"# settings file: {home.config} (from CAPTAFLOW_CONFIG)" in lines
+    assert f"# data folder: {data} (from CAPTAFLOW_DATA_DIR)" in lines
+    assert "messages = 25  # file" in lines
+    assert 'channel = "xqcow"  # file' in lines
+    assert 'bucket = "my-readings"  # flag' in lines
+    assert 'level = "debug"  # flag' in lines
+    assert "seconds = 0  # default" in lines
+    assert f'dir = "{(data / "model").as_posix()}"  # default' in [
+        line.replace("\\\\", "/") for line in lines
+    ]
+    # What it prints is TOML itself (the origins are comments), so it can be pasted back.
+    import tomllib
+
+    parsed = tomllib.loads(result.stdout)
+    assert parsed["window"]["messages"] == 25 and parsed["sync"]["bucket"] == "my-readings"
+
+
+def test_a_config_flag_naming_a_missing_file_is_bad_usage(home: Home) -> None:
+    missing = home.root / "typo.toml"
+    line = error_line(home.run("--config", str(missing), "status"), 2)
+    assert str(missing) in line and "--config" in line
+    assert not missing.exists(), "a missing --config file must not be created behind the user"
+    created = home.run("config", "--create", "--config", str(missing))
+    assert created.returncode == 0, created.stderr
+    assert missing.read_text(encoding="utf-8") == default_config_text()
+    assert created.stdout == f"{missing}\n"
+
+
+# ---- bad places, bad values -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["status"], ["run", "--channel", "x"], ["sync"], []])
+def test_a_data_dir_naming_a_file_is_one_line_and_exit_2(home: Home, command: list[str]) -> None:
+    home.root.mkdir(parents=True, exist_ok=True)
+    a_file = home.root / "not-a-folder"
+    a_file.write_text("x", encoding="utf-8")
+    line = error_line(home.run("--data-dir", str(a_file), *command, data_dir=False), 2)
+    assert f"the data folder {a_file} is a file: give --data-dir a folder" in line
+    below = error_line(home.run("--data-dir", str(a_file / "sub"), *command, data_dir=False), 2)
+    assert f"({a_file} is a file)" in below
+
+
+def test_a_missing_replay_file_is_bad_usage(home: Home, tiny_bundle: Path) -> None:
+    missing = home.root / "missing.jsonl"
+    result = home.run(
+        "run", "--source", "replay", "--file", str(missing), "--model", str(tiny_bundle)
+    )
+    line = error_line(result, 2)
+    assert str(missing) in line and "--file" in line
+    assert not list(home.data.glob("spool/**/*.csv")), "nothing may start on bad settings"
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (
+            "[model]\nthreads = 100000\n",
+            f"model.threads = 100000 in {{config}}: expected a whole number from 1 to "
+            f"{os.cpu_count()} (the CPU cores of this PC)",
+        ),
+        (
+            "[window]\nmessages = 99999999\n",
+            "window.messages = 99999999 in {config}: expected a whole number from 1 to 10000",
+        ),
+        (
+            "[spool]\nmax_disk_mb = 99999999\n",
+            "spool.max_disk_mb = 99999999 in {config}: expected a whole number from 1 to 1048576",
+        ),
+        (
+            "[sync]\ninterval_seconds = 0\n",
+            "sync.interval_seconds = 0 in {config}: expected a number > 0 and ≤ 86400",
+        ),
+        (
+            '[sync]\nregion = "Frankfurt"\n',
+            'sync.region = "Frankfurt" in {config}: expected an AWS region such as "eu-west-1" '
+            'or "us-east-1" (or "" for the default)',
+        ),
+    ],
+)
+def test_values_past_their_bounds_stop_every_command_naming_key_and_range(
+    home: Home, settings: str, expected: str
+) -> None:
+    home.write_settings(settings)
+    for command in (["status"], ["run", "--channel", "x"]):
+        line = error_line(home.run(*command), 2)
+        assert line == "captaflow: " + expected.format(config=home.config)
+
+
+def test_a_bad_flag_value_names_the_key_and_says_it_came_from_the_command_line(
+    home: Home,
+) -> None:
+    line = error_line(home.run("status", "--bucket", "Not_A_Bucket"), 2)
+    assert line.startswith('captaflow: sync.bucket = "Not_A_Bucket" on the command line: ')
+
+
+def test_bad_usage_is_one_line_and_exit_2(home: Home) -> None:
+    assert "invalid choice: 'bogus'" in error_line(home.run("bogus"), 2)
+    unknown_source = error_line(home.run("run", "--source", "discord"), 2)
+    assert "twitch" in unknown_source and "replay" in unknown_source
+    assert "--session" in error_line(home.run("replay"), 2)
+
+
+# ---- the last line of defence ---------------------------------------------------------------
+
+# An error nobody foresaw, raised inside a command: the real entry point (`agent.cli.main`)
+# with the `status` command replaced by one that fails.
+BOOM = """
+import sys
+import agent.cli as cli
+
+def boom(invocation):
+    invocation.settings()
+    raise RuntimeError("the flux capacitor is empty\\nsecond line")
+
+cli.COMMANDS["status"] = boom
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_an_unexpected_error_is_one_line_naming_the_log_file(home: Home) -> None:
+    common = ["--data-dir", str(home.data), "status"]
+    result = subprocess.run(
+        [sys.executable, "-c", BOOM, *common], capture_output=True, text=True, env=home.env(),
+        timeout=60,
+    )  # fmt: skip
+    line = error_line(result, 1)
+    log_file = home.data / "logs" / "captaflow.log"
+    assert line == (
+        "captaflow: unexpected RuntimeError: the flux capacitor is empty (the details are in "
+        f"{log_file}; please report it)"
+    )
+    logged = log_file.read_text(encoding="utf-8")
+    assert "Traceback" in logged and "the flux capacitor is empty" in logged
+
+    debug = subprocess.run(
+        [sys.executable, "-c", BOOM, *common, "--debug"], capture_output=True, text=True,
+        env=home.env(), timeout=60,
+    )  # fmt: skip
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr and "RuntimeError: the flux capacitor" in debug.stderr
+
+
+# ---- sync --------------------------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def aws_env(endpoint: str) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
+@pytest.mark.network
+def test_a_one_shot_sync_that_cannot_reach_s3_says_what_to_do_not_will_retry(
+    demo_home: Home,
+) -> None:
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    result = demo_home.run(
+        "--config", str(demo_home.config), "sync", "--bucket", "my-readings",
+        env=aws_env(endpoint), timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == "uploading 1 part(s) to s3://my-readings/captaflow/"
+    assert len(lines) == 2, result.stderr
+    assert lines[1].startswith("captaflow: upload stopped: cannot reach ")
+    assert lines[1].endswith(
+        "1 part(s) stay on disk, nothing is lost: run `captaflow sync` again once S3 is "
+        "reachable (a running agent retries by itself)"
+    )
+    assert "will retry" not in result.stderr and "Traceback" not in result.stderr
+    assert len(list((demo_home.data / "spool" / "sealed").rglob("*.csv"))) == 1
+
+
+@pytest.mark.network
+def test_sync_progress_is_one_line_per_step(
+    tmp_path: Path, tiny_bundle: Path, s3_server: dict[str, str]
+) -> None:
+    import boto3
+
+    home = Home(tmp_path)
+    home.write_settings("[spool]\npart_max_rows = 40\n")
+    s3 = boto3.client(
+        "s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"], region_name="us-east-1",
+        aws_access_key_id=s3_server["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=s3_server["AWS_SECRET_ACCESS_KEY"],
+    )  # fmt: skip
+    s3.create_bucket(Bucket="progress-lines")
+    demo = home.run("demo", "--quiet", "--model", str(tiny_bundle))
+    assert demo.returncode == 0, demo.stderr
+    parts = len(list((home.data / "spool" / "sealed").rglob("*.csv")))
+    assert parts > 2
+    result = home.run("sync", "--bucket", "progress-lines", env=s3_server)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"uploading {parts} part(s) to s3://progress-lines/captaflow/",
+        *[f"uploaded {done}/{parts}" for done in range(1, parts + 1)],
+        f"uploaded {parts} part(s) to s3://progress-lines/captaflow/; 0 still waiting",
+    ]
+    again = home.run("sync", "--bucket", "progress-lines", env=s3_server)
+    assert again.returncode == 0
+    assert again.stderr.splitlines() == [
+        "nothing waits for upload to s3://progress-lines/captaflow/"
+    ]
+
+
+def test_sync_without_a_bucket_is_bad_usage(home: Home) -> None:
+    assert "--bucket NAME" in error_line(home.run("sync"), 2)
+
+
+# ---- status ------------------------------------------------------------------------------------
+
+LINE_NAMES = ("agent", "source", "session", "last session", "spool", "sync", "model", "data")
+
+
+def assert_each_said_once(lines: list[str]) -> None:
+    names = [line.split(":", 1)[0] for line in lines]
+    assert len(names) == len(set(names)), lines
+    assert not [line for line in lines if re.search(r"\bNone\b", line)], lines
+    assert not [line for line in lines if line.split(":", 1)[0] == "upload"], lines
+
+
+def test_status_after_a_stop_says_stopped_once_each_and_names_the_model(
+    demo_home: Home, tiny_bundle: Path
+) -> None:
+    result = demo_home.run("--config", str(demo_home.config), "status")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert_each_said_once(lines)
+    assert lines[0] == "agent: not running"
+    assert not [line for line in lines if "running" in line and line != lines[0]]
+    assert re.fullmatch(
+        r"last session: \S+-captaflow_demo on captaflow_demo: 2019 messages, \d+ readings"
+        r" \(last seen .* ago\)",
+        lines[1],
+    ), lines[1]
+    assert "spool: 1 part(s) waiting for upload, 0 uploaded" in lines
+    assert "sync: off (no bucket: pass --bucket NAME or set sync.bucket)" in lines
+    [model] = [line for line in lines if line.startswith("model: ")]
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text(encoding="utf-8"))
+    assert model.startswith(f"model: {manifest['source_model']['id']} at {tiny_bundle}")
+    assert "int8 parity: max diff " in model
+    if manifest.get("test_model"):
+        assert f"TEST MODEL ({manifest['test_model']})" in model
+    assert f"data: {demo_home.data}" in lines
+
+    with_bucket = demo_home.run("--config", str(demo_home.config), "status", "--bucket", "b-1")
+    assert "sync: to s3://b-1/captaflow/" in with_bucket.stdout.splitlines()
+
+
+def test_status_says_when_the_model_is_missing(demo_home: Home) -> None:
+    nowhere = demo_home.root / "no-model-here"
+    result = demo_home.run("--config", str(demo_home.config), "status", "--model", str(nowhere))
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"model: none at {nowhere}: run `captaflow export-model` once, or pass --model DIR"
+        in result.stdout.splitlines()
+    )
+
+
+def test_status_of_a_bundle_whose_manifest_is_broken_says_so(home: Home, tiny_bundle: Path) -> None:
+    broken = home.root / "broken-bundle"
+    shutil.copytree(tiny_bundle, broken)
+    (broken / "manifest.json").write_text("{not json", encoding="utf-8")
+    result = home.run("status", "--model", str(broken))
+    assert result.returncode == 0, result.stderr
+    [model] = [line for line in result.stdout.splitlines() if line.startswith("model: ")]
+    assert model.startswith(f"model: the bundle at {broken} cannot be read (")
+    assert model.endswith("run `captaflow export-model` again")
+
+
+def wait_for(predicate: Callable[[], object], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX")
+@pytest.mark.timeout(120)
+def test_status_while_running_then_after_ctrl_c(home: Home, tiny_bundle: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "--data-dir", str(home.data), "run", "--source",
+         "replay", "--file", str(DEMO), "--speed", "2", "--model", str(tiny_bundle), "--quiet"],
+        env=home.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        status_file = home.data / "status.json"
+        wait_for(lambda: status_file.is_file() and json.loads(status_file.read_text())
+                 .get("readings_total"), 60)  # fmt: skip
+        running = home.run("status")
+        lines = running.stdout.splitlines()
+        assert_each_said_once(lines)
+        assert re.fullmatch(rf"agent: (running|trouble) \(pid {proc.pid}\)", lines[0]), lines
+        assert any(line.startswith("source: ") for line in lines), lines
+        assert any(re.match(r"session: \S+ on captaflow_demo: \d+ messages", x) for x in lines)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+    stopped = home.run("status").stdout.splitlines()
+    assert_each_said_once(stopped)
+    assert stopped[0] == "agent: not running"
+    assert not any(line.startswith(("source:", "problem:", "chat feels:")) for line in stopped)
+
+
+# ---- help, athena-ddl, report -------------------------------------------------------------------
+
+COMMANDS = [
+    "run", "demo", "score", "replay", "sync", "status", "report", "athena-ddl", "config",
+    "secrets",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommands_help_has_a_description(home: Home, command: str) -> None:
+    result = home.run(command, "--help", data_dir=False)
+    assert result.returncode == 0, result.stderr
+    usage, _, rest = result.stdout.partition("\n\n")
+    assert usage.startswith(f"usage: captaflow {command} ")
+    description = rest.split("\n\n", 1)[0]
+    assert len(description) > 40 and not description.startswith(("options:", "positional")), (
+        result.stdout
+    )
+
+
+def test_export_model_help_names_the_captaflow_command(home: Home) -> None:
+    result = home.run("export-model", "--help", data_dir=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: captaflow export-model ")
+    assert "python -m model_export" not in result.stdout.split("\n\n", 1)[0]
+
+
+def test_athena_ddl_without_a_bucket_prints_a_placeholder_table(home: Home) -> None:
+    result = home.run("athena-ddl")
+    assert result.returncode == 0, result.stderr
+    assert "CREATE EXTERNAL TABLE" in result.stdout
+    assert "LOCATION 's3://your-bucket/captaflow/'" in result.stdout
+    notes = [line for line in result.stderr.splitlines() if not line.startswith(CREATED)]
+    assert notes == [
+        "captaflow: no bucket set: the table points at s3://your-bucket/; pass --bucket NAME "
+        "(or set sync.bucket) for the real one"
+    ]
+
+
+def test_report_open_without_a_browser_says_where_the_report_is(demo_home: Home) -> None:
+    out = demo_home.root / "open-me.html"
+    result = demo_home.run(
+        "--config", str(demo_home.config), "report", "--out", str(out), "--open",
+        env={"BROWSER": "false", "DISPLAY": "", "WAYLAND_DISPLAY": ""},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{out}\n" and out.is_file()
+    assert result.stderr.splitlines() == [
+        f"captaflow: no browser could be opened here; open {out.resolve()} yourself"
+    ]
