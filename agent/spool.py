@@ -1,36 +1,35 @@
 """The on-disk spool: readings in CSV part files that survive crashes and full disks.
 
-Layout under the spool directory (shared with `agent.sync` and the report; keep it)::
-
-    open/<session>-<part:05d>.csv.open        the part being written (one per session)
-    sealed/platform=<p>/channel=<c>/dt=<YYYY-MM-DD>/<session>-<part:05d>.csv
-                                              sealed, immutable, waiting for upload; the path
-                                              relative to sealed/ is the S3 key after {prefix}/
-    uploaded/<same relative path>             moved here by the sync after a verified upload
-    corrupt/<relative path of the part>       set aside, never deleted
+Where parts live, what their names and headers mean and which S3 key each goes to is
+`agent.layout`'s (one module owns the layout; the sync, the report and Athena use it too).
 
 An open part needs no sidecar: its own rows carry the platform and channel, and its dt is
 the UTC date of its first row's window_start. A part only ever holds rows of one session,
 platform, channel and UTC date (a new date starts a new part), so that identity is known
-from the first row. An open part with no complete row holds no reading and is simply
-removed on recovery.
+from the first row. Each (session, platform, channel) has its own open part, so a
+multistream feed windowed per platform writes each platform to its own partition. An open
+part with no complete row holds no reading and is simply removed on recovery.
 
 Part numbers are per session, increasing and never reused: a new part takes one more than
 the highest number found for the session in open/, sealed/, uploaded/ and corrupt/.
 
-Rotation: `append` seals a part that is full (`max_part_rows`) or whose session, platform,
-channel or UTC date differs before writing; `maybe_seal(now)` seals full parts and parts
-older than `max_part_age_seconds`; `seal_open` seals everything at stop.
+Rotation: `append` seals a part that is full (`max_part_rows`) or whose UTC date differs
+before writing; `maybe_seal(now)` seals full parts and parts older than
+`max_part_age_seconds`; `seal_open` seals everything at stop.
 
 Writing: every row is one ``write`` of ``row + "\\n"`` followed by a flush, so a killed
 process leaves at most one partial last line (the row in flight), which recovery cuts off.
-Sealing is flush, fsync, close, ``os.replace`` into sealed/, fsync of both directories
-(skipped on Windows, which cannot open a directory).
+Sealing is flush, fsync, close, the part's SHA-256 written beside its sealed place, then
+``os.replace`` into sealed/ and fsync of both directories (skipped on Windows, which cannot
+open a directory). Recovery verifies every sealed part against its checksum; a part that
+fails goes to corrupt/ with a warning and is never uploaded.
 
 Full disk: a write failing with ENOSPC is cut back to the last complete row, the reading is
 kept in memory (`Spool.pending`) and retried before the next one, and `SpoolError` says how
-much space is free and what to do. If the process dies meanwhile, the runtime re-windows the
-journaled messages whose batch is not in the spool (`Spool.batch_ids_in`).
+much space is free and what waits. A part that cannot be sealed for lack of space is kept
+and sealed by `maybe_seal` once space returns. `Spool.problem` is the one line to show
+meanwhile. If the process dies, the runtime re-windows the journaled messages whose batch
+is not in the spool (`Spool.batch_ids_in`): what waited in memory is made again.
 
 Disk bound: `enforce_bound` deletes the oldest *uploaded* parts first; data not yet uploaded
 is never deleted, and `disk_usage().warning` says what to do once it fills `warn_fraction` of
@@ -39,6 +38,7 @@ the bound.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -53,25 +53,45 @@ from pathlib import Path
 from typing import BinaryIO
 
 from agent.errors import SpoolError
-from agent.vocab import LABELS, READING_COLUMNS, Reading, utc_date, validate_name
+from agent.layout import (
+    AREAS,
+    HEADER_LINE,
+    OPEN_DIR,
+    SEALED_DIR,
+    UPLOADED_DIR,
+    ParsedPart,
+    PartName,
+    checksum_path,
+    encode_row,
+    fsync_dir,
+    parse_part,
+    parse_part_name,
+    part_files,
+    partition_dir,
+    set_aside,
+    sha256_hex,
+    validate_reading,
+    verify_part,
+    write_checksum,
+)
+from agent.vocab import Reading, utc_date
+
+__all__ = [
+    "HEADER_LINE",
+    "DiskUsage",
+    "ParsedPart",
+    "PartName",
+    "RecoveryReport",
+    "Spool",
+    "iter_readings",
+    "parse_part",
+    "parse_part_name",
+    "partition_dir",
+    "read_part",
+    "validate_reading",
+]
 
 log = logging.getLogger("captaflow.spool")
-
-OPEN_DIR = "open"
-SEALED_DIR = "sealed"
-UPLOADED_DIR = "uploaded"
-CORRUPT_DIR = "corrupt"
-OPEN_SUFFIX = ".open"
-
-HEADER_LINE = (",".join(READING_COLUMNS) + "\n").encode("ascii")
-
-# <session>-<part>.csv, optionally .open; a session may itself contain '-' (the part number
-# is the last dash-separated group).
-_PART_NAME_RE = re.compile(r"^(?P<session>[a-z0-9_][a-z0-9_-]*)-(?P<part>\d{5,})\.csv(?:\.open)?$")
-_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-# Free-form fields (model id, agent version) must still need no CSV quoting.
-_PLAIN_FIELD_RE = re.compile(r"^[A-Za-z0-9_.:/+@-]{1,200}$")
-_BATCH_ID_RE = re.compile(r"^[0-9a-f]{8,64}$")
 
 FileOpener = Callable[[Path], BinaryIO]
 
@@ -82,112 +102,9 @@ def _open_for_append(path: Path) -> BinaryIO:
     return open(path, "ab", buffering=0)
 
 
-@dataclass(frozen=True, slots=True)
-class PartName:
-    session_id: str
-    part: int
-
-    @property
-    def file_name(self) -> str:
-        return f"{self.session_id}-{self.part:05d}.csv"
-
-
-def parse_part_name(name: str) -> PartName | None:
-    """The session and part number in a part's file name, or None for any other file."""
-    match = _PART_NAME_RE.match(name)
-    if not match:
-        return None
-    return PartName(match["session"], int(match["part"]))
-
-
-def partition_dir(platform: str, channel: str, dt: str) -> str:
-    """The hive partition path of a part (and of its S3 key after the prefix)."""
-    return f"platform={platform}/channel={channel}/dt={dt}"
-
-
-def validate_reading(reading: Reading) -> None:
-    """Raise ValueError naming the first field that cannot go into a spool row as is."""
-    for what, value in (
-        ("session id", reading.session_id),
-        ("platform", reading.platform),
-        ("channel", reading.channel),
-    ):
-        if validate_name(value, what) != value:
-            raise ValueError(f"{what} {value!r} is not in canonical (lower-case) form")
-    if not _BATCH_ID_RE.match(reading.batch_id):
-        raise ValueError(f"batch id {reading.batch_id!r} is not a hex digest")
-    for what, value in (("model id", reading.model_id), ("agent version", reading.agent_version)):
-        if not _PLAIN_FIELD_RE.match(value):
-            raise ValueError(f"{what} {value!r} holds characters a CSV row cannot carry unquoted")
-    if reading.seq < 0:
-        raise ValueError(f"seq {reading.seq} must be >= 0")
-    if not (1 <= reading.scored_count <= reading.message_count):
-        raise ValueError(
-            f"scored_count {reading.scored_count} must be 1..message_count "
-            f"({reading.message_count})"
-        )
-    if not (math.isfinite(reading.window_start) and math.isfinite(reading.window_end)):
-        raise ValueError("window start and end must be finite")
-    if reading.window_end < reading.window_start:
-        raise ValueError(
-            f"window ends ({reading.window_end}) before it starts ({reading.window_start})"
-        )
-    if len(reading.scores) != len(LABELS):
-        raise ValueError(f"expected {len(LABELS)} scores, got {len(reading.scores)}")
-    for label, score in zip(LABELS, reading.scores, strict=True):
-        if not (0.0 <= score <= 1.0):
-            raise ValueError(f"score of {label!r} is {score!r}, outside 0..1")
-    if reading.dominant not in LABELS:
-        raise ValueError(f"dominant {reading.dominant!r} is not a model label")
-
-
-def _encode_row(reading: Reading) -> bytes:
-    validate_reading(reading)
-    return (",".join(reading.as_row()) + "\n").encode("ascii")
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedPart:
-    """What a part file's bytes hold.
-
-    `readings` are the complete, schema-valid rows before the first bad line; `valid_bytes`
-    is where they end. `problem` is None when the rest is at most one partial last line
-    (a row in flight), else a description of the corruption.
-    """
-
-    readings: list[Reading]
-    valid_bytes: int
-    header_ok: bool
-    problem: str | None
-
-
-def parse_part(data: bytes) -> ParsedPart:
-    """Split a part's bytes into valid rows and what follows them (pure; no I/O)."""
-    if not data.startswith(HEADER_LINE):
-        if HEADER_LINE.startswith(data):
-            # Empty, or the header itself was in flight: no reading was ever written.
-            return ParsedPart([], 0, header_ok=False, problem=None)
-        return ParsedPart([], 0, header_ok=False, problem="header is not the reading columns")
-    readings: list[Reading] = []
-    offset = len(HEADER_LINE)
-    while True:
-        newline = data.find(b"\n", offset)
-        if newline < 0:
-            # Only a line without its newline may follow: the row in flight at a crash.
-            return ParsedPart(readings, offset, header_ok=True, problem=None)
-        line = data[offset:newline]
-        try:
-            reading = Reading.from_row(line.decode("ascii").split(","))
-            validate_reading(reading)
-        except (ValueError, UnicodeDecodeError) as exc:
-            where = f"row {len(readings) + 1}"
-            return ParsedPart(readings, offset, header_ok=True, problem=f"{where}: {exc}")
-        readings.append(reading)
-        offset = newline + 1
-
-
 def read_part(path: Path) -> list[Reading]:
-    """The readings of one part (open, sealed or uploaded); a partial last line is ignored."""
+    """The readings of one part (open, sealed or uploaded, any format); a partial last line
+    is ignored."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -199,14 +116,6 @@ def read_part(path: Path) -> list[Reading]:
             "corrupt/ folder or restart the agent, which sets it aside"
         )
     return parsed.readings
-
-
-def _part_files(spool_dir: Path, area: str) -> list[Path]:
-    root = spool_dir / area
-    if not root.is_dir():
-        return []
-    pattern = "*.csv.open" if area == OPEN_DIR else "*.csv"
-    return [p for p in root.rglob(pattern) if p.is_file() and parse_part_name(p.name)]
 
 
 def _read_moving(spool_dir: Path, path: Path) -> list[Reading]:
@@ -229,7 +138,7 @@ def iter_readings(spool_dir: Path, session_id: str | None = None) -> Iterator[Re
     spool_dir = Path(spool_dir)
     found: list[tuple[str, int, Path]] = []
     for area in (OPEN_DIR, SEALED_DIR, UPLOADED_DIR):
-        for path in _part_files(spool_dir, area):
+        for path in part_files(spool_dir, area):
             name = parse_part_name(path.name)
             assert name is not None
             if session_id is None or name.session_id == session_id:
@@ -267,6 +176,7 @@ class RecoveryReport:
     truncated_bytes: int = 0  # partial rows cut off those parts
     removed_empty: list[Path] = field(default_factory=list)  # open parts with no complete row
     corrupt: list[Path] = field(default_factory=list)  # where corrupt parts were moved
+    adopted: list[Path] = field(default_factory=list)  # sealed parts given their checksum
     warnings: list[str] = field(default_factory=list)
 
 
@@ -281,25 +191,40 @@ class _OpenPart:
     rows: int
     opened_at: float
 
+    @property
+    def stream(self) -> tuple[str, str, str]:
+        return (self.name.session_id, self.platform, self.channel)
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable; Windows cannot open a directory (and NTFS journals renames)."""
-    if os.name == "nt":
-        return
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories; the rename itself happened
-    finally:
-        os.close(fd)
+
+@dataclass(frozen=True, slots=True)
+class _Unsealed:
+    """A closed open part whose sealing failed (a full disk): sealed again later."""
+
+    path: Path
+    name: PartName
+    platform: str
+    channel: str
+    dt: str
 
 
 def _mb(n: int) -> str:
     return f"{n / (1 << 20):.1f} MB"
+
+
+class _NoRoom(Exception):
+    """Sealing ran out of space; carries the OSError."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def free_space(directory: Path) -> int | None:
+    """Bytes free on the drive of `directory` (None when the OS cannot tell)."""
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
 
 
 class Spool:
@@ -308,6 +233,9 @@ class Spool:
     Thread-safe: the runtime appends from one place, the report and status may read.
     `opener` opens an open part for appending; it exists so a test can stand in for a
     full disk.
+
+    Each (session, platform, channel) has its own open part: a multistream feed windowed per
+    platform interleaves readings of several platforms, and each goes to its own partition.
     """
 
     def __init__(
@@ -332,12 +260,14 @@ class Spool:
         self.warn_fraction = warn_fraction
         self._clock = clock
         self._opener = opener
-        self._open: dict[str, _OpenPart] = {}
+        self._open: dict[tuple[str, str, str], _OpenPart] = {}
+        self._unsealed: list[_Unsealed] = []
         self._next_part: dict[str, int] = {}
         self._pending: list[Reading] = []
+        self._full_since: float | None = None
         self._lock = threading.RLock()
         try:
-            for area in (OPEN_DIR, SEALED_DIR, UPLOADED_DIR, CORRUPT_DIR):
+            for area in AREAS:
                 (self.spool_dir / area).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise SpoolError(
@@ -352,8 +282,22 @@ class Spool:
         """Readings that a full disk kept from the spool; retried before the next append."""
         return tuple(self._pending)
 
+    @property
+    def problem(self) -> str | None:
+        """One line while a full disk holds readings (or a part) in memory, else None."""
+        with self._lock:
+            if not self._pending and not self._unsealed:
+                return None
+            free = free_space(self.spool_dir)
+            room = "unknown space" if free is None else _mb(free)
+            return (
+                f"disk full: spool {self.spool_dir} has {room} free; {len(self._pending)} "
+                f"reading(s) and {len(self._unsealed)} part(s) to seal wait in memory and are "
+                "written by themselves when space returns: free some space on that drive"
+            )
+
     def append(self, reading: Reading) -> None:
-        """Write one reading (after any pending ones) as a row of its session's open part.
+        """Write one reading (after any pending ones) as a row of its stream's open part.
 
         Raises ValueError for a reading that cannot be a CSV row as is (a bug upstream) and
         SpoolError when the disk is full; then the reading waits in `pending`.
@@ -366,18 +310,20 @@ class Spool:
     def retry_pending(self) -> None:
         """Write the readings a full disk held back, oldest first (SpoolError if still full)."""
         with self._lock:
+            self._retry_unsealed()
             while self._pending:
                 self._write(self._pending[0])
                 self._pending.pop(0)
+            if self._full_since is not None and not self._unsealed:
+                log.info("spool %s: disk space is back, every reading is written", self.spool_dir)
+                self._full_since = None
 
     def _write(self, reading: Reading) -> None:
-        row = _encode_row(reading)
+        row = encode_row(reading)
         dt = utc_date(reading.window_start)
-        part = self._open.get(reading.session_id)
-        if part is not None and (
-            part.rows >= self.max_part_rows
-            or (part.platform, part.channel, part.dt) != (reading.platform, reading.channel, dt)
-        ):
+        stream = (reading.session_id, reading.platform, reading.channel)
+        part = self._open.get(stream)
+        if part is not None and (part.rows >= self.max_part_rows or part.dt != dt):
             self._seal(part)
             part = None
         if part is None:
@@ -402,7 +348,7 @@ class Spool:
             self._next_part[session] = self._highest_part(session) + 1
         name = PartName(session, self._next_part[session])
         self._next_part[session] += 1
-        path = self.spool_dir / OPEN_DIR / (name.file_name + OPEN_SUFFIX)
+        path = self.spool_dir / OPEN_DIR / name.open_name
         try:
             handle = self._opener(path)
         except OSError as exc:
@@ -425,7 +371,7 @@ class Spool:
             rows=0,
             opened_at=self._clock(),
         )
-        self._open[session] = part
+        self._open[part.stream] = part
         return part
 
     def _cut_back(self, part: _OpenPart, offset: int) -> None:
@@ -437,14 +383,15 @@ class Spool:
             log.warning("could not cut %s back to its last complete row: %s", part.path, exc)
 
     def _write_error(self, path: Path, exc: OSError) -> SpoolError:
-        if exc.errno == errno.ENOSPC:
-            try:
-                free = _mb(shutil.disk_usage(self.spool_dir).free)
-            except OSError:
-                free = "unknown"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if self._full_since is None:
+                self._full_since = self._clock()
+            free = free_space(self.spool_dir)
+            room = "unknown space" if free is None else _mb(free)
             return SpoolError(
-                f"disk full writing {path} ({free} free): free some space on that drive or "
-                "move the spool with --data-dir; readings wait in memory and are retried"
+                f"disk full writing {path} ({room} free): free some space on that drive or "
+                f"move the spool with --data-dir; {len(self._pending)} reading(s) wait in "
+                "memory and are written by themselves when space returns"
             )
         return SpoolError(
             f"cannot write spool part {path}: {exc.strerror or exc}; check that the folder is "
@@ -454,36 +401,61 @@ class Spool:
     # ----------------------------------------------------------------- sealing
 
     def maybe_seal(self, now: float) -> list[Path]:
-        """Seal every open part that holds `max_part_rows` rows or is older than the age limit."""
+        """Seal every open part that holds `max_part_rows` rows or is older than the age
+        limit, and any part a full disk kept from being sealed."""
         with self._lock:
+            sealed: list[Path] = []
+            try:
+                sealed.extend(self._retry_unsealed())
+            except SpoolError as exc:
+                log.debug("%s", exc)
             due = [
                 part
                 for part in self._open.values()
                 if part.rows >= self.max_part_rows
                 or (part.rows > 0 and now - part.opened_at >= self.max_part_age_seconds)
             ]
-            sealed = [self._seal(part) for part in due]
-            return [path for path in sealed if path is not None]
+            for part in due:
+                try:
+                    path = self._seal(part)
+                except SpoolError as exc:
+                    log.warning("%s", exc)
+                    continue
+                if path is not None:
+                    sealed.append(path)
+            return sealed
 
     def seal_open(self) -> Path | None:
         """At stop: write what a full disk held back if it can, then seal the open parts.
 
         Returns the last part sealed (None if none). Readings still held back by a full
         disk are not in the spool; the runtime re-makes them from the journal at the next
-        start (their batch ids are missing from `batch_ids_in`).
+        start (their batch ids are missing from `batch_ids_in`). A part that cannot be sealed
+        for lack of space stays in open/ and is sealed by recovery at the next start.
         """
         with self._lock:
             try:
                 self.retry_pending()
             except SpoolError as exc:
                 log.warning("%s (%d readings not written)", exc, len(self._pending))
-            sealed = [self._seal(part) for part in list(self._open.values())]
-            done = [path for path in sealed if path is not None]
-            return done[-1] if done else None
+            sealed: list[Path] = []
+            for part in list(self._open.values()):
+                path = self._seal(part)
+                if path is not None:
+                    sealed.append(path)
+            try:
+                sealed.extend(self._retry_unsealed())
+            except SpoolError as exc:
+                log.warning("%s; recovery seals it at the next start", exc)
+            return sealed[-1] if sealed else None
 
     def _seal(self, part: _OpenPart) -> Path | None:
-        """Seal one open part; a part whose first row never made it is removed instead."""
-        del self._open[part.name.session_id]
+        """Seal one open part; a part whose first row never made it is removed instead.
+
+        A failure for lack of space keeps the part to be sealed by `maybe_seal` later (and
+        raises SpoolError); the next reading of its stream starts a new part meanwhile.
+        """
+        del self._open[part.stream]
         try:
             part.handle.flush()
             os.fsync(part.handle.fileno())
@@ -498,47 +470,69 @@ class Spool:
             # Only the header: a full disk refused the first row. It holds no reading.
             part.path.unlink(missing_ok=True)
             return None
-        return self._move_to_sealed(part.path, part.name, part.platform, part.channel, part.dt)
+        job = _Unsealed(part.path, part.name, part.platform, part.channel, part.dt)
+        return self._seal_closed(job)
+
+    def _seal_closed(self, job: _Unsealed) -> Path:
+        try:
+            return self._move_to_sealed(job.path, job.name, job.platform, job.channel, job.dt)
+        except _NoRoom as exc:
+            if job not in self._unsealed:
+                self._unsealed.append(job)
+            raise self._write_error(job.path, exc.error) from exc.error
+
+    def _retry_unsealed(self) -> list[Path]:
+        done = []
+        while self._unsealed:
+            job = self._unsealed[0]
+            path = self._seal_closed(job)
+            self._unsealed.pop(0)
+            done.append(path)
+        return done
 
     def _move_to_sealed(
         self, path: Path, name: PartName, platform: str, channel: str, dt: str
     ) -> Path:
+        """Record the part's checksum beside its sealed place, then move it there."""
         target_dir = self.spool_dir / SEALED_DIR / partition_dir(platform, channel, dt)
         target = target_dir / name.file_name
+        uploaded = self.spool_dir / UPLOADED_DIR / target.relative_to(self.spool_dir / SEALED_DIR)
+        if target.exists() or uploaded.exists():
+            # Sealed parts never change: never replace one.
+            raise SpoolError(
+                f"spool part {target} already exists; {path} was not sealed over it, "
+                "restart the agent, which sets the duplicate aside"
+            )
         try:
+            data = path.read_bytes()
             target_dir.mkdir(parents=True, exist_ok=True)
-            if (
-                target.exists()
-                or (
-                    self.spool_dir / UPLOADED_DIR / target.relative_to(self.spool_dir / SEALED_DIR)
-                ).exists()
-            ):
-                # Sealed parts never change: never replace one.
-                raise SpoolError(
-                    f"spool part {target} already exists; {path} was not sealed over it, "
-                    "restart the agent, which sets the duplicate aside"
-                )
+            # The checksum first: a sealed part never exists without one.
+            write_checksum(target, sha256_hex(data))
             os.replace(path, target)
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                checksum_path(target).unlink(missing_ok=True)
+                raise _NoRoom(exc) from exc
             raise SpoolError(
                 f"cannot seal spool part {path}: {exc.strerror or exc}; restart the agent, "
                 "which recovers it"
             ) from exc
-        _fsync_dir(target_dir)
-        _fsync_dir(path.parent)
+        fsync_dir(target_dir)
+        fsync_dir(path.parent)
         return target
 
     # ----------------------------------------------------------------- recovery
 
     def recover(self) -> RecoveryReport:
-        """At start: seal what a crash left open, set corrupt parts aside (never delete)."""
+        """At start: seal what a crash left open, verify every sealed part against its
+        checksum, set corrupt parts aside (never delete)."""
         report = RecoveryReport()
         with self._lock:
             if self._open:
                 raise RuntimeError("recover() runs at start, before any append")
-            for path in sorted(_part_files(self.spool_dir, OPEN_DIR)):
+            for path in sorted(part_files(self.spool_dir, OPEN_DIR)):
                 self._recover_open(path, report)
-            for path in sorted(_part_files(self.spool_dir, SEALED_DIR)):
+            for path in sorted(part_files(self.spool_dir, SEALED_DIR)):
                 self._check_sealed(path, report)
             self._next_part.clear()
         for warning in report.warnings:
@@ -574,48 +568,50 @@ class Spool:
                 handle.flush()
                 os.fsync(handle.fileno())
             report.truncated_bytes += cut
+        job = _Unsealed(path, name, first.platform, first.channel, utc_date(first.window_start))
         try:
-            sealed = self._move_to_sealed(
-                path, name, first.platform, first.channel, utc_date(first.window_start)
-            )
+            sealed = self._seal_closed(job)
         except SpoolError as exc:
+            if job in self._unsealed:
+                # No room to seal it now: it stays in open/ and is sealed when space returns.
+                report.warnings.append(str(exc))
+                return
             self._set_aside(path, str(exc), report)
             return
         report.sealed.append(sealed)
 
     def _check_sealed(self, path: Path, report: RecoveryReport) -> None:
+        """Verify a sealed part; one sealed by a release without checksums gets its own."""
         try:
-            with open(path, "rb") as handle:
-                head = handle.read(len(HEADER_LINE))
+            data = path.read_bytes()
         except FileNotFoundError:
             return  # the sync moved it to uploaded/ meanwhile
         except OSError as exc:
             self._set_aside(path, f"unreadable ({exc.strerror or exc})", report)
             return
-        if head != HEADER_LINE:
-            self._set_aside(path, "header is not the reading columns", report)
+        problem = verify_part(path, data)
+        if problem is not None:
+            self._set_aside(path, problem, report)
+            return
+        if not checksum_path(path).exists():
+            try:
+                write_checksum(path, sha256_hex(data))
+            except OSError as exc:
+                # Still uploadable: the sync checks its rows instead of a checksum.
+                log.warning("could not record the checksum of %s: %s", path, exc.strerror)
+            else:
+                report.adopted.append(path)
 
     def _set_aside(self, path: Path, why: str, report: RecoveryReport) -> None:
-        relative = path.relative_to(self.spool_dir)
-        target = self.spool_dir / CORRUPT_DIR / relative.relative_to(relative.parts[0])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        n = 1
-        while target.exists():
-            target = target.with_name(f"{path.name}.{n}")
-            n += 1
-        os.replace(path, target)
-        _fsync_dir(target.parent)
+        target, message = set_aside(self.spool_dir, path, why)
         report.corrupt.append(target)
-        report.warnings.append(
-            f"spool part {path} is corrupt ({why}); moved to {target} and kept: "
-            "look at it or delete it by hand"
-        )
+        report.warnings.append(message)
 
     # ----------------------------------------------------------------- queries
 
     def _highest_part(self, session_id: str) -> int:
         highest = 0
-        for area in (OPEN_DIR, SEALED_DIR, UPLOADED_DIR, CORRUPT_DIR):
+        for area in AREAS:
             root = self.spool_dir / area
             if not root.is_dir():
                 continue
@@ -636,7 +632,7 @@ class Spool:
     def sealed_parts(self) -> list[Path]:
         """Sealed parts waiting for upload, oldest sealed first (ties: session, part)."""
         keyed = []
-        for path in _part_files(self.spool_dir, SEALED_DIR):
+        for path in part_files(self.spool_dir, SEALED_DIR):
             name = parse_part_name(path.name)
             assert name is not None
             try:
@@ -647,7 +643,7 @@ class Spool:
         return [path for _, path in sorted(keyed)]
 
     def disk_usage(self) -> DiskUsage:
-        sizes = {area: 0 for area in (OPEN_DIR, SEALED_DIR, UPLOADED_DIR, CORRUPT_DIR)}
+        sizes = dict.fromkeys(AREAS, 0)
         for area in sizes:
             root = self.spool_dir / area
             if not root.is_dir():
@@ -688,12 +684,15 @@ class Spool:
         deleted: list[Path] = []
         if excess > 0:
             uploaded = []
-            for path in _part_files(self.spool_dir, UPLOADED_DIR):
+            for path in part_files(self.spool_dir, UPLOADED_DIR):
                 try:
                     stat = path.stat()
                 except FileNotFoundError:
                     continue
-                uploaded.append((stat.st_mtime_ns, str(path), stat.st_size, path))
+                size = stat.st_size
+                with contextlib.suppress(OSError):
+                    size += checksum_path(path).stat().st_size
+                uploaded.append((stat.st_mtime_ns, str(path), size, path))
             for _, _, size, path in sorted(uploaded):
                 if excess <= 0:
                     break
@@ -701,6 +700,7 @@ class Spool:
                     path.unlink()
                 except FileNotFoundError:
                     continue
+                checksum_path(path).unlink(missing_ok=True)
                 excess -= size
                 deleted.append(path)
         if excess > 0:

@@ -125,7 +125,9 @@ def utc_date(unix_seconds: float) -> str:
     return datetime.fromtimestamp(unix_seconds, tz=UTC).strftime("%Y-%m-%d")
 
 
-# One CSV row per reading, in this column order. Athena reads columns by position.
+# One CSV row per reading, in this column order. Athena reads columns by position, so a new
+# column only ever goes at the END (and gets a text default): older parts then still read, their
+# missing last columns as empty. `agent.layout` keeps the column set of every format version.
 READING_COLUMNS: tuple[str, ...] = (
     "session_id",
     "platform",
@@ -140,6 +142,7 @@ READING_COLUMNS: tuple[str, ...] = (
     "dominant",
     "model_id",
     "agent_version",
+    "via",
 )
 
 
@@ -160,8 +163,7 @@ class Reading:
     dominant: str
     model_id: str
     agent_version: str
-    # The bridge that carried the chat ("" = read from the platform itself); a CSV column
-    # once the spool's format 2 carries it.
+    # The bridge that carried the chat ("streamerbot", "ssn", "ws"), "" when read directly.
     via: str = ""
 
     def as_row(self) -> list[str]:
@@ -180,6 +182,7 @@ class Reading:
             self.dominant,
             self.model_id,
             self.agent_version,
+            self.via,
         ]
 
     @classmethod
@@ -201,6 +204,7 @@ class Reading:
             dominant=row[9 + n],
             model_id=row[10 + n],
             agent_version=row[11 + n],
+            via=row[12 + n],
         )
 
 

@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import SpoolError
+from agent.layout import checksum_path, move_part
 from agent.spool import (
     HEADER_LINE,
     Spool,
@@ -336,8 +337,7 @@ def test_read_part_names_a_corrupt_file(tmp_path: Path) -> None:
 def upload(spool_dir: Path, sealed: Path, mtime: int) -> Path:
     """What the sync does after a verified upload: move the part to uploaded/."""
     target = spool_dir / "uploaded" / sealed.relative_to(spool_dir / "sealed")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(sealed, target)
+    move_part(sealed, target)
     os.utime(target, ns=(mtime, mtime))
     return target
 
@@ -379,7 +379,8 @@ def test_bound_deletes_the_oldest_uploaded_parts_and_never_waiting_ones(
 ) -> None:
     probe = Spool(tmp_path / "probe")
     parts = make_parts(probe, 6)
-    sizes = [p.stat().st_size for p in parts]
+    # a part on disk is its CSV and its checksum
+    sizes = [p.stat().st_size + checksum_path(p).stat().st_size for p in parts]
     bound = sum(sizes) - 1  # one byte too many: exactly one uploaded part has to go
 
     spool = Spool(probe.spool_dir, max_disk_bytes=bound, warn_fraction=0.5)
