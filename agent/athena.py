@@ -1,7 +1,10 @@
 """The Athena table over the readings that the sync puts in S3 (`captaflow athena-ddl`).
 
-Objects live at ``{prefix}/platform={p}/channel={c}/dt={YYYY-MM-DD}/{session}-{part}.csv``,
-one header line then one reading per row in `READING_COLUMNS` order, no quoting. Athena's
+Objects live where `agent.layout` puts them (``{prefix}/platform={p}/channel={c}/dt={YYYY-MM-DD}/
+{session}-{part}.csv``), one header line then one reading per row in the columns of the
+part's format version, no quoting. Formats only ever append columns, so the table declares the
+current format's columns and LazySimpleSerDe reads the columns an older part lacks (``via`` in
+a format-1 part) as NULL. Athena's
 default CSV reader (LazySimpleSerDe) maps columns by position and parses the timestamps,
 which the agent writes as java.sql.Timestamp text (``yyyy-MM-dd HH:mm:ss.SSS``, UTC).
 
@@ -16,6 +19,7 @@ import re
 
 from agent.checks import bucket_name, key_prefix, require
 from agent.errors import SettingsError
+from agent.layout import KEY_TEMPLATE, PARTITION_KEYS
 from agent.vocab import DEFAULT_DISPLAYED, LABELS, READING_COLUMNS
 
 # The text form of window_start/window_end (agent.vocab.format_timestamp), in Java's
@@ -28,7 +32,7 @@ TIMESTAMP_FORMAT = "yyyy-MM-dd HH:mm:ss.SSS"
 # the plain names that queries filter on.
 DATA_COLUMN_RENAMES: dict[str, str] = {"platform": "row_platform", "channel": "row_channel"}
 
-PARTITION_COLUMNS: tuple[str, ...] = ("platform", "channel", "dt")
+PARTITION_COLUMNS: tuple[str, ...] = PARTITION_KEYS
 
 DT_RANGE_START = "2024-01-01"
 
@@ -46,6 +50,7 @@ _COLUMN_TYPES: dict[str, str] = {
     "dominant": "STRING",
     "model_id": "STRING",
     "agent_version": "STRING",
+    "via": "STRING",
 }
 
 _COLUMN_COMMENTS: dict[str, str] = {
@@ -53,6 +58,8 @@ _COLUMN_COMMENTS: dict[str, str] = {
     "window_end": f"UTC, {TIMESTAMP_FORMAT}",
     "scored_count": "below message_count when the window was sampled to keep up",
     "dominant": "displayed label with the highest mean",
+    "via": "bridge that carried the chat (streamerbot, ssn, ws), empty when read directly; "
+    "NULL in parts of spool format 1",
 }
 
 _TABLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,254}$")
@@ -81,14 +88,23 @@ def s3_location(bucket: str, prefix: str) -> str:
     return f"s3://{name}/{clean}/" if clean else f"s3://{name}/"
 
 
+# Stands in for the bucket when none is set: itself a valid bucket name, so the statement is
+# checked like any other, and plain enough to search and replace.
+PLACEHOLDER_BUCKET = "your-bucket-name"
+
+
 def athena_ddl(
-    bucket: str,
+    bucket: str | None,
     prefix: str,
     table: str = "captaflow_readings",
     database: str | None = None,
 ) -> str:
-    """The CREATE EXTERNAL TABLE statement for the readings under ``s3://bucket/prefix/``."""
-    location = s3_location(bucket, prefix)
+    """The CREATE EXTERNAL TABLE statement for the readings under ``s3://bucket/prefix/``.
+
+    Without a bucket (None or empty) the statement names `PLACEHOLDER_BUCKET` and its first
+    line says to replace it."""
+    placeholder = not (bucket or "").strip()
+    location = s3_location(PLACEHOLDER_BUCKET if placeholder else str(bucket), prefix)
     name = f"`{_check_table_name(table, 'table')}`"
     if database is not None:
         name = f"`{_check_table_name(database, 'database')}`.{name}"
@@ -103,8 +119,14 @@ def athena_ddl(
             text += f" COMMENT '{comment}'"
         lines.append(text)
     columns = ",\n".join(lines)
-    template = location + "platform=${platform}/channel=${channel}/dt=${dt}/"
-    return f"""-- CaptaFlow readings: one row per window of chat, written by the agent's sync.
+    template = location + KEY_TEMPLATE
+    note = (
+        f"-- No bucket is set: replace {PLACEHOLDER_BUCKET} below with the bucket the agent "
+        "uploads to\n-- (or run `captaflow athena-ddl --bucket NAME`).\n"
+        if placeholder
+        else ""
+    )
+    return f"""{note}-- CaptaFlow readings: one row per window of chat, written by the agent's sync.
 -- Columns are read by position (LazySimpleSerDe). The CSV's own platform and channel are
 -- named row_platform and row_channel because Athena forbids a data column named like a
 -- partition column; filter on the partition columns platform, channel and dt.

@@ -19,7 +19,8 @@ Schema (PRAGMA user_version = SCHEMA_VERSION):
     sessions(session_id PK, platform, channel, started_at, ended_at NULL)
     messages(key PK, session_id, platform, channel, author, text, sent_at, received_at,
              scorable, batch_id NULL)            -- rowid order = received order
-    batches(batch_id PK, session_id, seq, state 'assigned'|'written', created_at)
+    batches(batch_id PK, session_id, seq, state 'assigned'|'written'|'set_aside', created_at,
+            reason NULL, set_aside_at NULL)
     moderation(id PK, platform, channel, kind, target_key NULL, target_user NULL, at,
                duration NULL)
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -46,7 +48,22 @@ from agent.vocab import ChatMessage, ModerationEvent, validate_name
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Version 2: a batch can be set aside (a window that could not be scored or written: a poison
+# pill), with the reason; v1's CHECK constraint on `state` forbids that, so v1's table is
+# rebuilt once (`_migrate_batches`).
+_BATCHES_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
+    batch_id     TEXT PRIMARY KEY,
+    session_id   TEXT NOT NULL,
+    seq          INTEGER NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('assigned', 'written', 'set_aside')),
+    created_at   REAL NOT NULL,
+    reason       TEXT,
+    set_aside_at REAL
+);
+"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -68,14 +85,7 @@ CREATE TABLE IF NOT EXISTS messages (
     scorable    INTEGER NOT NULL,
     batch_id    TEXT
 );
-CREATE TABLE IF NOT EXISTS batches (
-    batch_id   TEXT PRIMARY KEY,
-    session_id TEXT NOT NULL,
-    seq        INTEGER NOT NULL,
-    state      TEXT NOT NULL CHECK (state IN ('assigned', 'written')),
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS moderation (
+{batches}CREATE TABLE IF NOT EXISTS moderation (
     id          INTEGER PRIMARY KEY,
     platform    TEXT NOT NULL,
     channel     TEXT NOT NULL,
@@ -85,11 +95,6 @@ CREATE TABLE IF NOT EXISTS moderation (
     at          REAL NOT NULL,
     duration    REAL
 );
-CREATE TABLE IF NOT EXISTS set_aside (
-    batch_id TEXT PRIMARY KEY,
-    reason   TEXT NOT NULL,
-    at       REAL NOT NULL
-);
 CREATE INDEX IF NOT EXISTS messages_session ON messages (session_id, batch_id);
 CREATE INDEX IF NOT EXISTS messages_batch ON messages (batch_id);
 CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
@@ -97,7 +102,7 @@ CREATE INDEX IF NOT EXISTS messages_sent ON messages (session_id, sent_at);
 CREATE INDEX IF NOT EXISTS batches_session ON batches (session_id, state, seq);
 CREATE INDEX IF NOT EXISTS sessions_open ON sessions (platform, channel, ended_at);
 CREATE INDEX IF NOT EXISTS moderation_channel ON moderation (platform, channel, at);
-"""
+""".replace("{batches}", _BATCHES_TABLE.format(name="batches"))
 
 _ENTRY_COLUMNS = (
     "key, session_id, platform, channel, author, text, sent_at, received_at, scorable, batch_id"
@@ -142,6 +147,18 @@ class PendingBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class SetAsideBatch:
+    """A window that could not be scored or written, kept with the reason (`set_aside`)."""
+
+    batch_id: str
+    session_id: str
+    seq: int
+    reason: str
+    at: float
+    message_count: int
+
+
+@dataclass(frozen=True, slots=True)
 class SessionInfo:
     session_id: str
     platform: str
@@ -179,10 +196,20 @@ def scoped_key(scope: str, message_id: str) -> str:
     return f"{scope}/{message_id}" if scope else message_id
 
 
-def session_name(channel: str, started_at: float) -> str:
-    """`20261125t155122z-xqcow`: sortable by time, readable, valid as a path and S3 key part."""
+_SUFFIX_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+SUFFIX_LENGTH = 6
+
+
+def session_name(channel: str, started_at: float, suffix: str | None = None) -> str:
+    """`20261125t155122z-xqcow-k3q9zt`: sortable by time, readable, valid as a path and S3 key
+    part. The random suffix (36**6, about 2e9 values) keeps two agents that start on the same
+    channel in the same second (two data folders, one bucket) from ever sharing a session id,
+    and so a part name or an S3 key."""
     stamp = datetime.fromtimestamp(started_at, tz=UTC).strftime("%Y%m%dt%H%M%Sz")
-    return validate_name(f"{stamp}-{validate_name(channel)}"[:100], "session")
+    if suffix is None:
+        suffix = "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(SUFFIX_LENGTH))
+    head = f"{stamp}-{validate_name(channel)}"[: 100 - len(suffix) - 1]
+    return validate_name(f"{head}-{suffix}", "session")
 
 
 def _moderation_fields(
@@ -273,6 +300,7 @@ class Journal:
                 log.warning("journal %s: WAL mode unavailable (got %s)", path, mode)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
+            _migrate_batches(conn)
             conn.executescript(_SCHEMA)
             if version < SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -314,13 +342,11 @@ class Journal:
                         (last_active, session_id),
                     )
             if resumed is None:
-                base = session_name(channel, now)
-                candidate, n = base, 1
+                candidate = session_name(channel, now)
                 while self._conn.execute(
                     "SELECT 1 FROM sessions WHERE session_id = ?", (candidate,)
                 ).fetchone():
-                    n += 1
-                    candidate = f"{base}-{n}"
+                    candidate = session_name(channel, now)
                 self._conn.execute(
                     "INSERT INTO sessions (session_id, platform, channel, started_at) "
                     "VALUES (?, ?, ?, ?)",
@@ -471,7 +497,7 @@ class Journal:
         self.flush()
         batches = self._conn.execute(
             "SELECT batch_id, seq FROM batches WHERE session_id = ? AND state = 'assigned' "
-            "AND batch_id NOT IN (SELECT batch_id FROM set_aside) ORDER BY seq",
+            "ORDER BY seq",
             (session_id,),
         ).fetchall()
         result = []
@@ -499,28 +525,55 @@ class Journal:
             self._conn.execute("ROLLBACK")
             raise
 
-    def set_aside(self, batch_id: str, reason: str) -> None:
-        """Record a batch that cannot be scored or written: never retried, so a restart never
-        dies on it again; its messages stay journaled (state 'written' lets them be pruned)."""
+    def set_aside(
+        self,
+        batch_id: str,
+        reason: str,
+        *,
+        session_id: str | None = None,
+        seq: int | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Mark a batch that cannot be scored or written as set aside, with the reason.
+
+        It is no longer pending, so a restart never tries it again (a poison pill stays
+        harmless); its messages stay journaled (`captaflow replay` can try them again) and
+        `set_aside_batches()` lists it. A batch never assigned is recorded too when
+        `session_id` and `seq` are given. `reason` is kept to one line of 500 characters."""
+        text = " ".join(str(reason).split())[:500] or "no reason given"
+        at = time.time() if now is None else now
         self.flush()
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO set_aside (batch_id, reason, at) VALUES (?, ?, ?)",
-                (batch_id, reason, time.time()),
+            cursor = self._conn.execute(
+                "UPDATE batches SET state = 'set_aside', reason = ?, set_aside_at = ? "
+                "WHERE batch_id = ?",
+                (text, at, batch_id),
             )
-            self._conn.execute(
-                "UPDATE batches SET state = 'written' WHERE batch_id = ?", (batch_id,)
-            )
+            if cursor.rowcount == 0 and session_id is not None and seq is not None:
+                self._conn.execute(
+                    "INSERT INTO batches (batch_id, session_id, seq, state, created_at, reason, "
+                    "set_aside_at) VALUES (?, ?, ?, 'set_aside', ?, ?, ?)",
+                    (batch_id, session_id, seq, at, text, at),
+                )
             self._conn.execute("COMMIT")
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
+        log.warning("set aside batch %s: %s", batch_id, text)
 
-    def set_aside_batches(self) -> dict[str, str]:
-        """Every batch set aside, with its reason."""
+    def set_aside_batches(self, session_id: str | None = None) -> list[SetAsideBatch]:
+        """The batches set aside (all sessions, or one), oldest first."""
         self.flush()
-        return dict(self._conn.execute("SELECT batch_id, reason FROM set_aside").fetchall())
+        where = "WHERE b.state = 'set_aside'" + (" AND b.session_id = ?" if session_id else "")
+        rows = self._conn.execute(
+            "SELECT b.batch_id, b.session_id, b.seq, COALESCE(b.reason, ''), "
+            "COALESCE(b.set_aside_at, b.created_at), "
+            "(SELECT COUNT(*) FROM messages m WHERE m.batch_id = b.batch_id) "
+            f"FROM batches b {where} ORDER BY COALESCE(b.set_aside_at, b.created_at), b.seq",
+            (session_id,) if session_id else (),
+        ).fetchall()
+        return [SetAsideBatch(*row) for row in rows]
 
     def next_seq(self, session_id: str) -> int:
         self.flush()
@@ -602,7 +655,7 @@ class Journal:
         self.flush()
         prunable = (
             "SELECT m.rowid FROM messages m JOIN batches b ON b.batch_id = m.batch_id "
-            "WHERE b.state = 'written'"
+            "WHERE b.state IN ('written', 'set_aside')"
         )
         deleted = 0
         self._conn.execute("BEGIN IMMEDIATE")
@@ -658,6 +711,40 @@ class Journal:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _migrate_batches(conn: sqlite3.Connection) -> None:
+    """Rebuild a schema-1 batches table (whose CHECK forbids 'set_aside') as schema 2's."""
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'batches'")
+    found = row.fetchone()
+    # A development build kept set-aside batches in a table of their own, marked 'written'.
+    interim = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'set_aside'"
+    ).fetchone()
+    if found is None or ("set_aside" in found[0] and interim is None):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if "set_aside" not in found[0]:
+            conn.execute(_BATCHES_TABLE.format(name="batches_v2"))
+            conn.execute(
+                "INSERT INTO batches_v2 (batch_id, session_id, seq, state, created_at) "
+                "SELECT batch_id, session_id, seq, state, created_at FROM batches"
+            )
+            conn.execute("DROP TABLE batches")
+            conn.execute("ALTER TABLE batches_v2 RENAME TO batches")
+        if interim is not None:
+            conn.execute(
+                "UPDATE batches SET state = 'set_aside', "
+                "reason = (SELECT reason FROM set_aside a WHERE a.batch_id = batches.batch_id), "
+                "set_aside_at = (SELECT at FROM set_aside a WHERE a.batch_id = batches.batch_id) "
+                "WHERE batch_id IN (SELECT batch_id FROM set_aside)"
+            )
+            conn.execute("DROP TABLE set_aside")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _looks_corrupt(exc: sqlite3.Error) -> bool:

@@ -435,19 +435,27 @@ def read_checksum(part: Path) -> str | None:
     return match.group(1) if match else ""
 
 
+def checksum_problem(path: Path, data: bytes) -> str | None:
+    """Why `data` does not match the checksum recorded for `path`; None when it does or when
+    none was recorded."""
+    recorded = read_checksum(path)
+    if recorded is None:
+        return None
+    if recorded == "":
+        return f"its checksum file {checksum_path(path).name} is unreadable or damaged"
+    actual = sha256_hex(data)
+    if actual != recorded:
+        return f"its SHA-256 {actual[:12]}… is not the {recorded[:12]}… recorded when sealed"
+    return None
+
+
 def verify_part(path: Path, data: bytes) -> str | None:
     """Why the bytes of a sealed part are not fit to upload, or None when they are.
 
     With a recorded checksum, the bytes must match it. Without one (a part sealed by a release
     that recorded none), every row must be a valid row of a known format."""
-    recorded = read_checksum(path)
-    if recorded is not None:
-        if recorded == "":
-            return f"its checksum file {checksum_path(path).name} is unreadable or damaged"
-        actual = sha256_hex(data)
-        if actual != recorded:
-            return f"its SHA-256 {actual[:12]}… is not the {recorded[:12]}… recorded when sealed"
-        return None
+    if read_checksum(path) is not None:
+        return checksum_problem(path, data)
     parsed = parse_part(data)
     if parsed.problem is not None:
         return parsed.problem

@@ -38,6 +38,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -47,6 +48,17 @@ import numpy as np
 import pandas as pd
 
 from agent.errors import CaptaFlowError, UsageError
+from agent.layout import (
+    FORMAT_COLUMNS,
+    OPEN_DIR,
+    SEALED_DIR,
+    UPLOADED_DIR,
+    checksum_problem,
+    corrupt_files,
+    format_of_header,
+    header_line,
+    part_files,
+)
 from agent.moments import MESSAGE_RATE, Moment, MomentParams, detect_moments
 from agent.vocab import DEFAULT_DISPLAYED, LABELS, READING_COLUMNS
 
@@ -64,12 +76,8 @@ KNOWN_IDS_SHOWN = 5
 # Spool areas in the order parts move through them. Listing and reading them in this order
 # means a part moved on while we read (open → sealed → uploaded) is met again further on;
 # the rare double read is dropped by batch_id.
-_AREAS: tuple[tuple[str, str], ...] = (
-    ("open", "*.csv.open"),
-    ("sealed", "*.csv"),
-    ("uploaded", "*.csv"),
-)
-_HEADER = ",".join(READING_COLUMNS)
+_AREAS: tuple[str, ...] = (OPEN_DIR, SEALED_DIR, UPLOADED_DIR)
+_HEADER_LINES = tuple(header_line(v) for v in FORMAT_COLUMNS)
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 _EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
 _INT_COLUMNS = ("seq", "message_count", "scored_count")
@@ -102,48 +110,65 @@ class ReportError(CaptaFlowError):
 # ---------------------------------------------------------------------------- reading
 
 
+@dataclass(frozen=True, slots=True)
+class SpoolScan:
+    """The readings of a spool and what was left out of them."""
+
+    readings: pd.DataFrame
+    skipped: list[str]  # one line per part left out (checksum, header, unreadable)
+    corrupt: int  # parts the agent or the sync set aside in corrupt/
+
+
 def load_readings(spool_dir: Path) -> pd.DataFrame:
     """Every reading in the spool's open, sealed and uploaded parts, one row each.
 
     Columns: READING_COLUMNS, with window_start/window_end as UNIX seconds (float), plus
     `part_state` ("open", "sealed" or "uploaded"). Sorted by session, window_start, seq.
+    Parts of every format version are read (columns an older format lacks are empty).
     A partial or invalid row (an open part's row in flight, a damaged file) is left out;
-    a file whose header is not READING_COLUMNS is skipped with a warning; corrupt/ is ignored.
-    Empty frame (with those columns) when there is nothing.
+    a part that fails its checksum or whose header is no format's is skipped with a warning;
+    corrupt/ is ignored. Empty frame (with those columns) when there is nothing.
     """
+    return scan_spool(spool_dir).readings
+
+
+def scan_spool(spool_dir: Path) -> SpoolScan:
+    """`load_readings`, plus which parts were skipped and how many wait in corrupt/."""
     spool_dir = Path(spool_dir)
-    texts: list[str] = []
-    states: list[str] = []
-    for area, pattern in _AREAS:
-        root = spool_dir / area
-        if not root.is_dir():
-            continue
+    frames = []
+    skipped: list[str] = []
+    for area in _AREAS:
         try:
-            paths = sorted(root.rglob(pattern))
+            paths = sorted(part_files(spool_dir, area))
         except OSError as exc:
-            log.warning("report: cannot list %s: %s", root, exc.strerror or exc)
+            log.warning("report: cannot list %s: %s", spool_dir / area, exc.strerror or exc)
             continue
         for path in paths:
-            body = _read_part_body(path, open_part=area == "open")
-            if body:
-                texts.append(body)
-                states.append(area)
-    if not texts:
-        return _empty_readings()
+            read = _read_part(path, open_part=area == OPEN_DIR)
+            if isinstance(read, str):
+                log.warning("report: %s", read)
+                skipped.append(read)
+                continue
+            if read is None:
+                continue
+            version, body = read
+            frame = _parse_body(body, version)
+            frame["part_state"] = area
+            frames.append(frame)
+    corrupt = len(corrupt_files(spool_dir))
+    if not frames:
+        return SpoolScan(_empty_readings(), skipped, corrupt)
+    return SpoolScan(_typed(pd.concat(frames, ignore_index=True)), skipped, corrupt)
 
-    frames = []
-    for body, state in zip(texts, states, strict=True):
-        frame = _parse_body(body)
-        frame["part_state"] = state
-        frames.append(frame)
-    return _typed(pd.concat(frames, ignore_index=True))
 
+def _parse_body(body: str, version: int) -> pd.DataFrame:
+    """The rows of one part as a frame; numbers parsed by the C reader where they all parse.
 
-def _parse_body(body: str) -> pd.DataFrame:
-    """The rows of one part as a frame; numbers parsed by the C reader where they all parse."""
+    Columns a later format added are filled with their default ("")."""
+    columns = list(FORMAT_COLUMNS[version])
     options: dict[str, Any] = {
         "header": None,
-        "names": list(READING_COLUMNS),
+        "names": columns,
         "keep_default_na": False,
         "na_values": [],
         "on_bad_lines": "skip",
@@ -151,30 +176,42 @@ def _parse_body(body: str) -> pd.DataFrame:
     }
     try:
         # Fast path: parsing numbers while reading is twice as fast as converting strings.
-        return pd.read_csv(io.StringIO(body), dtype=_FAST_DTYPES, **options)
+        dtypes = {column: _FAST_DTYPES[column] for column in columns}
+        frame = pd.read_csv(io.StringIO(body), dtype=dtypes, **options)
     except (ValueError, TypeError):
         # A damaged value somewhere: read as text and let _typed drop just the bad rows.
-        return pd.read_csv(io.StringIO(body), dtype=str, **options)
+        frame = pd.read_csv(io.StringIO(body), dtype=str, **options)
+    for column in READING_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = ""
+    return frame[list(READING_COLUMNS)]
 
 
-def _read_part_body(path: Path, *, open_part: bool) -> str:
-    """The data lines of one part (header removed); '' when unreadable or not a part."""
+def _read_part(path: Path, *, open_part: bool) -> tuple[int, str] | str | None:
+    """(format version, data lines) of one part; None when it holds nothing (yet), or one
+    line saying why it is left out."""
     try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
+        data = path.read_bytes()
     except FileNotFoundError:
-        return ""  # moved to the next area while we listed; read there
+        return None  # moved to the next area while we listed; read there
     except OSError as exc:
-        log.warning("report: skipping unreadable spool part %s: %s", path, exc.strerror or exc)
-        return ""
-    header, _, body = text.partition("\n")
-    if header.rstrip("\r") != _HEADER:
-        if text and not _HEADER.startswith(text):
-            log.warning("report: skipping %s: its header is not the reading columns", path)
-        return ""
+        return f"skipped unreadable spool part {path}: {exc.strerror or exc}"
+    if not open_part:
+        # A part without a recorded checksum is read leniently, row by row, as before.
+        problem = checksum_problem(path, data)
+        if problem is not None:
+            return f"skipped spool part {path}: {problem}"
+    header, newline, rest = data.partition(b"\n")
+    version = format_of_header(header) if newline else None
+    if version is None:
+        if data and not any(h.startswith(data) for h in _HEADER_LINES):
+            return f"skipped {path}: its header is not the reading columns"
+        return None
+    body = rest.decode("utf-8", errors="replace")
     if open_part and body and not body.endswith("\n"):
         # The row being written when we read: incomplete, so not a reading yet.
         body = body[: body.rfind("\n") + 1]
-    return body
+    return (version, body) if body else None
 
 
 def _typed(raw: pd.DataFrame) -> pd.DataFrame:

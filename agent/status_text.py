@@ -48,10 +48,6 @@ class StatusFacts:
     data_dir: Path
 
 
-def _count(root: Path, pattern: str) -> int:
-    return sum(1 for path in root.rglob(pattern) if path.is_file()) if root.is_dir() else 0
-
-
 def model_facts(model_dir: Path) -> ModelFacts:
     from agent.bundle import MANIFEST_FILE, Manifest, model_present
 
@@ -74,8 +70,8 @@ def model_facts(model_dir: Path) -> ModelFacts:
 
 def gather_status(settings: Settings) -> StatusFacts:
     """Everything `status_lines` needs, read from the data folder without changing it."""
+    from agent.layout import count_parts
     from agent.single_instance import SingleInstance
-    from agent.spool import CORRUPT_DIR, OPEN_DIR, SEALED_DIR, UPLOADED_DIR
 
     data_dir = Path(settings.data_dir)
     running_pid: int | None = None
@@ -93,14 +89,15 @@ def gather_status(settings: Settings) -> StatusFacts:
     if record is not None and record.written_at > 0:
         age = max(0.0, time.time() - record.written_at)
     spool = Path(settings.spool.dir)
+    counts = count_parts(spool)  # the spool's layout is agent.layout's to know
     return StatusFacts(
         running_pid=running_pid,
         record=record,
         record_age=age,
-        parts_waiting=_count(spool / SEALED_DIR, "*.csv"),
-        parts_uploaded=_count(spool / UPLOADED_DIR, "*.csv"),
-        parts_set_aside=_count(spool / CORRUPT_DIR, "*"),
-        parts_open=_count(spool / OPEN_DIR, "*"),
+        parts_waiting=counts.waiting,
+        parts_uploaded=counts.uploaded,
+        parts_set_aside=counts.corrupt,
+        parts_open=counts.open,
         spool_dir=spool,
         sync_enabled=settings.sync.enabled,
         bucket=settings.sync.bucket,

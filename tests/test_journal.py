@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from agent.journal import Journal, JournalError, PendingBatch
+from agent.journal import Journal, JournalError, PendingBatch, session_name
 from agent.vocab import ChatMessage, validate_name
 
 T0 = 1_764_085_882.0  # 2025-11-25 15:51:22 UTC
@@ -35,12 +36,65 @@ def path(tmp_path: Path) -> Path:
 def test_session_ids_are_names_and_unique(path: Path) -> None:
     with Journal.open(path) as journal:
         first, resumed = journal.begin_session("twitch", "XQCOW", now=T0)
-        assert (first, resumed) == ("20251125t155122z-xqcow", False)
+        assert re.fullmatch(r"20251125t155122z-xqcow-[a-z0-9]{6}", first) and not resumed
         assert validate_name(first, "session") == first
         journal.end_session(first, now=T0 + 1)
         second, resumed = journal.begin_session("twitch", "xqcow", now=T0)
-        assert second == "20251125t155122z-xqcow-2" and not resumed
-        assert [s.session_id for s in journal.sessions()] == [first, second]
+        assert second.startswith("20251125t155122z-xqcow-") and second != first and not resumed
+        assert [s.session_id for s in journal.sessions()] == sorted([first, second])
+
+
+def test_session_ids_of_two_journals_started_in_the_same_second_differ(tmp_path: Path) -> None:
+    # Two agents with their own data folders but one spool and one bucket (issue 12, case 3):
+    # their ids must differ, or their parts and S3 keys would collide.
+    ids = set()
+    for n in range(50):
+        with Journal.open(tmp_path / f"j{n}.sqlite3") as journal:
+            ids.add(journal.begin_session("twitch", "xqcow", now=T0)[0])
+    assert len(ids) == 50
+    assert session_name("x" * 100, T0, "abcdef").endswith("-abcdef")
+    assert len(session_name("x" * 100, T0)) == 100
+
+
+def test_a_set_aside_batch_is_no_longer_pending_and_is_listed_with_its_reason(
+    path: Path,
+) -> None:
+    with Journal.open(path) as journal:
+        session, _ = journal.begin_session("twitch", "xqcow", now=T0)
+        for i in range(4):
+            journal.add(msg(i), session_id=session, scorable=True)
+        journal.assign(session, "b0", 0, [msg(0).message_id, msg(1).message_id])
+        journal.assign(session, "b1", 1, [msg(2).message_id, msg(3).message_id])
+        journal.set_aside("b0", "ValueError: window start and end\nmust be finite", now=T0 + 5)
+        journal.set_aside("never-assigned", "could not be written", session_id=session, seq=7)
+        assert [p.batch_id for p in journal.pending_batches(session)] == ["b1"]
+    with Journal.open(path) as journal:  # kept across a restart
+        first, second = journal.set_aside_batches()
+        assert (first.batch_id, first.session_id, first.seq) == ("b0", session, 0)
+        assert first.reason == "ValueError: window start and end must be finite"
+        assert (first.at, first.message_count) == (T0 + 5, 2)
+        assert (second.batch_id, second.seq, second.message_count) == ("never-assigned", 7, 0)
+        assert journal.set_aside_batches("another-session") == []
+
+
+def test_a_schema_1_journal_is_migrated_and_keeps_its_batches(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE batches (batch_id TEXT PRIMARY KEY, session_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('assigned', 'written')),
+            created_at REAL NOT NULL);
+        INSERT INTO batches VALUES ('b0', 's', 0, 'written', 1.0), ('b1', 's', 1, 'assigned', 2.0);
+        PRAGMA user_version=1;
+        """
+    )
+    conn.close()
+    with Journal.open(path) as journal:
+        assert [p.batch_id for p in journal.pending_batches("s")] == ["b1"]
+        journal.set_aside("b1", "poison")
+        assert [b.batch_id for b in journal.set_aside_batches()] == ["b1"]
+        assert journal.pending_batches("s") == []
 
 
 def test_duplicates_within_a_session_and_after_reconnect_resend(path: Path) -> None:
@@ -251,5 +305,5 @@ def test_wal_mode_and_schema_version(path: Path) -> None:
     Journal.open(path).close()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     conn.close()

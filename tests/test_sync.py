@@ -26,15 +26,13 @@ from keyring.backend import KeyringBackend
 
 from agent.credentials import KEYRING_SERVICE, KeyringCredentials, keyring_credentials
 from agent.errors import SettingsError, SyncError
+from agent.objectstore import UploadError
+from agent.s3store import S3ObjectStore, classify, explain
 from agent.sync import (
     RetryPolicy,
-    S3ObjectStore,
     SyncReport,
     SyncState,
     Uploader,
-    UploadError,
-    classify,
-    explain,
     plan_uploads,
     validate_prefix,
 )
@@ -244,14 +242,17 @@ def test_prefixes_are_canonical() -> None:
     assert validate_prefix("") == ""
 
 
-def test_backoff_is_full_jitter_exponential_up_to_the_cap() -> None:
-    policy = RetryPolicy(initial=1.0, cap=300.0)
+def test_backoff_grows_to_the_cap_and_never_waits_zero() -> None:
+    import random
+
+    policy = RetryPolicy(initial=1.0, cap=300.0, jitter=0.5)
+    delays = policy.delays(random.Random(7))
     for attempt in range(1, 15):
         window = min(300.0, 2.0 ** (attempt - 1))
-        delays = [policy.retry_delay(attempt) for _ in range(50)]
-        assert all(0.0 <= d <= window for d in delays)
-    # Past the cap the window stays at the cap: some draws land well above the early windows.
-    assert max(policy.retry_delay(30) for _ in range(200)) > 64.0
+        delay = next(delays)
+        assert window * 0.5 <= delay <= window
+    # Past the cap the window stays at the cap.
+    assert all(150.0 <= next(delays) <= 300.0 for _ in range(50))
 
 
 def _client_error(code: str, status: int, **extra: str) -> boto_errors.ClientError:
