@@ -379,8 +379,8 @@ def test_status_after_a_stop_says_stopped_once_each_and_names_the_model(
     assert lines[0] == "agent: not running"
     assert not [line for line in lines if "running" in line and line != lines[0]]
     assert re.fullmatch(
-        r"last session: \S+-captaflow_demo-[a-z0-9]{6} on captaflow_demo: 2019 messages, \d+ readings"
-        r" \(last seen .* ago\)",
+        r"last session: \S+-captaflow_demo-[a-z0-9]{6} on captaflow_demo: 2019 messages, "
+        r"\d+ readings \(last seen .* ago\)",
         lines[1],
     ), lines[1]
     assert "spool: 1 part(s) waiting for upload, 0 uploaded" in lines
