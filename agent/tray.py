@@ -14,11 +14,15 @@ display, and the command line must work on a machine without one.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -30,6 +34,7 @@ from PIL import Image
 from agent.bundle import model_present
 from agent.errors import CaptaFlowError
 from agent.icons import IconState, render_icon
+from agent.model_download import Progress, bundle_test_label
 from agent.vocab import AgentState, AgentStatus, SourceState
 
 if TYPE_CHECKING:
@@ -42,8 +47,11 @@ NO_MODEL_LINE = (
     "Model not exported yet — run `captaflow export-model` once "
     "(about 500 MB download, needs internet once)"
 )
+NO_MODEL_DOWNLOAD_LINE = "No model yet — choose Download the model (checked before use)"
 # Windows cuts tray tooltips at 127 characters.
 TOOLTIP_MAX = 120
+# The local status page (agent/webui.py serves it while the app runs).
+STATUS_PAGE_URL = "http://127.0.0.1:8730/"
 
 
 class AgentLike(Protocol):
@@ -58,6 +66,8 @@ class AgentLike(Protocol):
 class Action(StrEnum):
     START = "start"
     STOP = "stop"
+    OPEN_STATUS = "open_status"
+    DOWNLOAD_MODEL = "download_model"
     OPEN_REPORT = "open_report"
     OPEN_DATA_FOLDER = "open_data_folder"
     OPEN_SETTINGS = "open_settings"
@@ -72,6 +82,7 @@ class MenuEntry:
     action: Action | None = None
     enabled: bool = True
     separator: bool = False
+    default: bool = False  # what a left click does (bold in GTK menus)
 
 
 SEPARATOR = MenuEntry("", separator=True)
@@ -128,6 +139,10 @@ def mood_line(status: AgentStatus) -> str:
     return f"Chat mood: {status.dominant}" if status.dominant else "Chat mood: —"
 
 
+def test_model_line(label: str) -> str:
+    return f"⚠ Test model ({label}): the emotions are random"
+
+
 def menu_model(
     status: AgentStatus,
     has_model: bool,
@@ -135,12 +150,17 @@ def menu_model(
     setup_problem: str | None = None,
     busy: bool = False,
     notice: str | None = None,
+    test_model: str | None = None,
+    can_download: bool = False,
+    downloading: str | None = None,
 ) -> list[MenuEntry]:
     """The whole menu for one status snapshot.
 
     `setup_problem` is a line saying what the settings still lack (e.g. no channel),
     `busy` is True while a start or stop is under way, `notice` the last thing that went
-    wrong in the tray itself (a file that would not open).
+    wrong in the tray itself (a file that would not open). `test_model` is the label of a
+    test bundle in use; `can_download` offers the model download when there is no model,
+    `downloading` is the download's progress line while one runs.
     """
     stopped = status.state is AgentState.STOPPED
     can_start = stopped and has_model and setup_problem is None and not busy
@@ -152,9 +172,17 @@ def menu_model(
         MenuEntry("Stop", Action.STOP, enabled=can_stop),
         SEPARATOR,
     ]
+    if not has_model and can_download:
+        entries.insert(
+            0, MenuEntry("Download the model", Action.DOWNLOAD_MODEL, enabled=downloading is None)
+        )
     info: list[str] = []
-    if not has_model:
-        info.append(NO_MODEL_LINE)
+    if downloading:
+        info.append(downloading)
+    elif not has_model:
+        info.append(NO_MODEL_DOWNLOAD_LINE if can_download else NO_MODEL_LINE)
+    if has_model and test_model:
+        info.append(test_model_line(test_model))
     if setup_problem:
         info.append(setup_problem)
     info.append(source_line(status))
@@ -169,6 +197,7 @@ def menu_model(
     entries.extend(MenuEntry(line, enabled=False) for line in info)
     entries += [
         SEPARATOR,
+        MenuEntry("Open status page", Action.OPEN_STATUS, default=True),
         MenuEntry("Open report", Action.OPEN_REPORT),
         MenuEntry("Open data folder", Action.OPEN_DATA_FOLDER),
         MenuEntry("Settings", Action.OPEN_SETTINGS),
@@ -193,14 +222,16 @@ def icon_for(
     return IconState.RUNNING, status.dominant
 
 
-def tooltip_for(status: AgentStatus, has_model: bool = True) -> str:
+def tooltip_for(status: AgentStatus, has_model: bool = True, test_model: str | None = None) -> str:
+    """The hover text; a test model says so first, so it is never cut off."""
     if not has_model:
         text = f"{APP_TITLE} - model not exported yet"
     else:
         parts = [source_line(status)]
         if status.dominant and status.state in (AgentState.RUNNING, AgentState.TROUBLE):
             parts.append(status.dominant)
-        text = f"{APP_TITLE} - " + " · ".join(parts)
+        title = f"{APP_TITLE} (TEST MODEL: {test_model})" if test_model else APP_TITLE
+        text = f"{title} - " + " · ".join(parts)
     # X11 window titles (pystray's xorg backend) are Latin-1 only.
     text = text.replace("—", "-").replace("…", "...").encode("latin-1", "replace").decode("latin-1")
     return text if len(text) <= TOOLTIP_MAX else text[: TOOLTIP_MAX - 3] + "..."
@@ -245,17 +276,24 @@ class TrayApp:
         open_settings: Callable[[], object],
         has_model: Callable[[], bool] = lambda: True,
         setup_problem: Callable[[], str | None] = lambda: None,
+        test_model: Callable[[], str | None] = lambda: None,
+        download_model: Callable[[Callable[[Progress], None]], object] | None = None,
+        open_status: Callable[[], object] | None = None,
         refresh_seconds: float = 1.0,
         stop_timeout: float = 10.0,
     ) -> None:
         self._agent_factory = agent_factory
         self._handlers: Mapping[Action, Callable[[], object]] = {
+            Action.OPEN_STATUS: open_status or (lambda: open_status_page(open_report)),
             Action.OPEN_REPORT: open_report,
             Action.OPEN_DATA_FOLDER: open_data_folder,
             Action.OPEN_SETTINGS: open_settings,
         }
         self._has_model = has_model
         self._setup_problem = setup_problem
+        self._test_model = test_model
+        self._download_model = download_model
+        self._downloading: str | None = None
         self._refresh_seconds = refresh_seconds
         self._stop_timeout = stop_timeout
 
@@ -299,13 +337,36 @@ class TrayApp:
             return True, str(error)
         return has_model, problem
 
+    def _label(self) -> str | None:
+        try:
+            return self._test_model()
+        except Exception:
+            log.debug("reading the test-model label failed", exc_info=True)
+            return None
+
     def entries(self) -> list[MenuEntry]:
         has_model, problem = self._checks()
         with self._lock:
             busy, notice = self._busy is not None, self._notice
+            downloading = self._downloading
         return menu_model(
-            self.snapshot(), has_model, setup_problem=problem, busy=busy, notice=notice
+            self.snapshot(),
+            has_model,
+            setup_problem=problem,
+            busy=busy or downloading is not None,
+            notice=notice,
+            test_model=self._label(),
+            can_download=self._download_model is not None,
+            downloading=downloading,
         )
+
+    def tooltip(self) -> str:
+        has_model, _ = self._checks()
+        with self._lock:
+            downloading = self._downloading
+        if downloading:
+            return tooltip_for(AgentStatus(), True).split(" - ")[0] + " - " + downloading
+        return tooltip_for(self.snapshot(), has_model, self._label())
 
     # -- actions (each returns the worker thread so tests and Quit can wait for it) ---------
 
@@ -364,6 +425,43 @@ class TrayApp:
 
         return self._spawn("stop", work)
 
+    def download(self) -> threading.Thread | None:
+        """Download the model bundle (first run of a slim build), showing its progress."""
+        fetch = self._download_model
+        with self._lock:
+            if fetch is None or self._downloading is not None or self._quitting.is_set():
+                return None
+            self._downloading = "Downloading the model…"
+            self._notice = None
+
+        def on_progress(step: Progress) -> None:
+            if step.total:
+                line = (
+                    f"Downloading the model… {step.done * 100 // step.total} % "
+                    f"of {step.total / 1e6:.0f} MB"
+                )
+            else:
+                line = f"Downloading the model… {step.done / 1e6:.1f} MB"
+            with self._lock:
+                changed = line != self._downloading
+                self._downloading = line
+            if changed:
+                self.refresh()
+
+        def work() -> None:
+            try:
+                fetch(on_progress)
+            except CaptaFlowError as error:
+                self._set_notice(str(error))
+            except Exception as error:
+                log.exception("downloading the model failed")
+                self._set_notice(f"model download failed: {error}; see the log file")
+            with self._lock:
+                self._downloading = None
+            self.refresh()
+
+        return self._spawn("download", work)
+
     def quit(self) -> threading.Thread:
         """Stop the agent (sealing its part), then end the tray loop."""
         self._quitting.set()
@@ -416,6 +514,8 @@ class TrayApp:
             self.start_agent()
         elif action is Action.STOP:
             self.stop_agent()
+        elif action is Action.DOWNLOAD_MODEL:
+            self.download()
         elif action is Action.QUIT:
             self.quit()
         else:
@@ -438,12 +538,17 @@ class TrayApp:
             elif entry.action is None:
                 yield pystray.MenuItem(entry.text, None, enabled=False)
             else:
-                action = entry.action
+                # A partial, not a lambda: pystray counts a function's parameters to decide
+                # how to call it and refuses one with a default argument (three of them).
                 yield pystray.MenuItem(
                     entry.text,
-                    lambda _icon, _item, a=action: self.dispatch(a),
+                    functools.partial(self._on_menu_item, entry.action),
                     enabled=entry.enabled,
+                    default=entry.default,
                 )
+
+    def _on_menu_item(self, action: Action, _icon: object = None, _item: object = None) -> None:
+        self.dispatch(action)
 
     def refresh(self) -> None:
         """Bring icon, tooltip and menu up to date with the agent (any thread)."""
@@ -463,7 +568,9 @@ class TrayApp:
             if key != self._shown_icon:
                 icon.icon = self._image(key)
                 self._shown_icon = key
-            icon.title = tooltip_for(status, has_model)
+            title = self.tooltip()
+            if title != icon.title:
+                icon.title = title
             icon.update_menu()
         except Exception:
             # The tray host can vanish (Explorer restarting); the next tick tries again.
@@ -475,9 +582,17 @@ class TrayApp:
 
     def _on_ready(self, icon: Any) -> None:
         icon.visible = True
+        _stop_on_signals_in_glib(icon, self.quit)
         threading.Thread(target=self._refresh_loop, name="tray-refresh", daemon=True).start()
         has_model, problem = self._checks()
-        message = NO_MODEL_LINE if not has_model else problem
+        if not has_model and self._download_model is not None:
+            # First run of a build without a model: fetch the published one right away.
+            self.download()
+        message = (
+            (NO_MODEL_DOWNLOAD_LINE if self._download_model else NO_MODEL_LINE)
+            if not has_model
+            else problem
+        )
         if message and getattr(icon, "HAS_NOTIFICATION", False):
             try:
                 icon.notify(message, APP_TITLE)
@@ -487,23 +602,187 @@ class TrayApp:
         self.ready.set()
 
     def run(self) -> None:
-        """Show the icon and block until Quit (call on the main thread)."""
+        """Show the icon and block until Quit (call on the main thread).
+
+        SIGINT (Ctrl-C) and SIGTERM quit the same way the menu's Quit does: the agent
+        stops and seals its part first.
+        """
+        backend = choose_backend()
         import pystray
 
+        from agent.tray_backends import adapt_icon
+
+        log.info("tray backend: %s", backend)
         has_model, problem = self._checks()
         key = icon_for(self.snapshot(), has_model, problem)
         self._shown_icon = key
-        self._icon = pystray.Icon(
-            "captaflow",
-            icon=self._image(key),
-            title=tooltip_for(self.snapshot(), has_model),
-            menu=pystray.Menu(self._menu_items),
+        self._icon = adapt_icon(
+            pystray.Icon(
+                "captaflow",
+                icon=self._image(key),
+                title=self.tooltip(),
+                menu=pystray.Menu(self._menu_items),
+            )
         )
+        self.has_menu = bool(getattr(self._icon, "HAS_MENU", True))
+        restore = _stop_on_signals(self.quit)
         try:
             self._icon.run(setup=self._on_ready)
         finally:
             self._quitting.set()
             self._loop_ended.set()
+            restore()
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends, signals, the status page.
+
+
+def choose_backend(env: dict[str, str] | None = None) -> str:
+    """Pick pystray's backend before pystray is imported (it picks at import time).
+
+    Windows and macOS have one each. On Linux, pystray tries AppIndicator, then GTK, then
+    its bare X11 backend, which has no menu. AppIndicator is right where a StatusNotifier
+    host runs (KDE, GNOME with the AppIndicator extension, most panels); elsewhere (an
+    XEmbed tray such as trayer, stalonetray, xfce4-panel's systray) GTK's status icon shows
+    the menu on a right click. `PYSTRAY_BACKEND` set by the user always wins.
+    """
+    environ = os.environ if env is None else env
+    if sys.platform in ("win32", "darwin"):
+        return sys.platform
+    chosen = environ.get("PYSTRAY_BACKEND")
+    if chosen:
+        return chosen
+    chosen = _linux_backend()
+    environ["PYSTRAY_BACKEND"] = chosen
+    return chosen
+
+
+def _linux_backend() -> str:
+    try:
+        import gi
+
+        gi.require_version("Gtk", "3.0")
+        from gi.repository import Gtk
+    except (ImportError, ValueError):
+        log.info(
+            "PyGObject/GTK is not available: the tray has no menu (left click opens the "
+            "status page)"
+        )
+        return "xorg"
+    if not Gtk.init_check()[0]:
+        return "xorg"
+    if _status_notifier_host() and _has_appindicator():
+        return "appindicator"
+    return "gtk"
+
+
+def _has_appindicator() -> bool:
+    import gi
+
+    for name in ("AyatanaAppIndicator3", "AppIndicator3"):
+        try:
+            gi.require_version(name, "0.1")
+            return True
+        except ValueError:
+            continue
+    return False
+
+
+def _status_notifier_host() -> bool:
+    """Whether a StatusNotifierWatcher owns its name on the session bus (a tray that shows
+    AppIndicator icons)."""
+    try:
+        from gi.repository import Gio, GLib
+
+        bus = Gio.bus_get_sync(Gio.BusType.SESSION, None)
+        reply = bus.call_sync(
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "NameHasOwner",
+            GLib.Variant("(s)", ("org.kde.StatusNotifierWatcher",)),
+            GLib.VariantType("(b)"),
+            Gio.DBusCallFlags.NONE,
+            1000,
+            None,
+        )
+        return bool(reply.unpack()[0])
+    except Exception:
+        return False
+
+
+def _quit_signals() -> list[int]:
+    import signal
+
+    names = ["SIGINT", "SIGTERM", "SIGBREAK"]  # SIGBREAK: Ctrl-Break on Windows
+    return [getattr(signal, name) for name in names if hasattr(signal, name)]
+
+
+def _stop_on_signals(quit_app: Callable[[], object]) -> Callable[[], None]:
+    """SIGINT and SIGTERM call `quit_app` (main thread only); returns the undo."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("signal %s: quitting", signum)
+        quit_app()
+
+    for number in _quit_signals():
+        try:
+            previous[number] = signal.signal(number, handler)
+        except (OSError, ValueError):
+            continue
+
+    def restore() -> None:
+        for number, old in previous.items():
+            with contextlib.suppress(OSError, ValueError, TypeError):
+                signal.signal(number, old)
+
+    return restore
+
+
+def _stop_on_signals_in_glib(icon: Any, quit_app: Callable[[], object]) -> None:
+    """GTK backends: pystray resets SIGINT to the default (kill) when its loop starts, and
+    a Python handler only runs once GLib's loop wakes; GLib's own signal source does both."""
+    if "pystray._gtk" not in type(icon).__module__ and "appindicator" not in type(icon).__module__:
+        return
+    try:
+        from gi.repository import GLib
+    except ImportError:
+        return
+
+    def on_signal(*_args: object) -> bool:
+        log.info("signal: quitting")
+        quit_app()
+        return True  # keep the source: a second Ctrl-C while stopping is harmless
+
+    for number in _quit_signals():
+        with contextlib.suppress(Exception):
+            GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, number, on_signal)
+
+
+def status_page_up(url: str = STATUS_PAGE_URL, timeout: float = 0.3) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout):
+            return True
+    except OSError:
+        return False
+
+
+def open_status_page(open_report: Callable[[], object]) -> None:
+    """The status page when the app serves it, else the latest report."""
+    if status_page_up():
+        import webbrowser
+
+        if webbrowser.open(STATUS_PAGE_URL):
+            return
+        raise CaptaFlowError(f"no browser opened; open {STATUS_PAGE_URL} yourself")
+    open_report()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,10 +863,26 @@ def run_tray(
             ),
             has_model=lambda: model_present(current["settings"].model.dir),
             setup_problem=problem,
+            test_model=lambda: bundle_test_label(current["settings"].model.dir),
+            download_model=lambda progress: _download_model(fresh_settings(), progress),
         )
         log.info("tray starting; settings %s", current["settings"].redacted())
         app.run()
     return 0
+
+
+def _download_model(settings: Settings, progress: Callable[[Progress], None]) -> Path:
+    """The slim build's first run: the bundle pinned in the settings, checked, installed."""
+    from agent.model_download import download_bundle, model_destination
+
+    bundle = download_bundle(
+        settings.model.bundle_url,
+        model_destination(settings),
+        sha256=settings.model.bundle_sha256,
+        progress=progress,
+    )
+    log.info("model downloaded to %s", bundle.path)
+    return bundle.path
 
 
 def open_latest_report(settings: Settings) -> Path:

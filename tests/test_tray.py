@@ -20,6 +20,7 @@ from PIL import Image
 from agent.config import Settings, load_settings
 from agent.icons import EMOTION_COLOURS, STATE_COLOURS, IconState, render_icon, write_icon_files
 from agent.tray import (
+    NO_MODEL_DOWNLOAD_LINE,
     NO_MODEL_LINE,
     TOOLTIP_MAX,
     Action,
@@ -66,6 +67,7 @@ def test_stopped_with_a_model_offers_start_only() -> None:
     assert list(actions) == [
         Action.START,
         Action.STOP,
+        Action.OPEN_STATUS,
         Action.OPEN_REPORT,
         Action.OPEN_DATA_FOLDER,
         Action.OPEN_SETTINGS,
@@ -74,6 +76,8 @@ def test_stopped_with_a_model_offers_start_only() -> None:
     assert actions[Action.START].enabled and not actions[Action.STOP].enabled
     assert info_lines(entries) == ["Stopped", "Nothing waiting for upload", "Chat mood: —"]
     assert all(not e.enabled for e in entries if e.action is None and not e.separator)
+    # A left click (the default entry) opens the status page.
+    assert [e.action for e in entries if e.default] == [Action.OPEN_STATUS]
 
 
 def test_running_shows_link_rate_readings_uploads_and_mood() -> None:
@@ -111,6 +115,27 @@ def test_first_run_without_a_model_says_how_and_disables_start() -> None:
     assert "captaflow export-model" in NO_MODEL_LINE and "500 MB" in NO_MODEL_LINE
     assert icon_for(AgentStatus(), has_model=False) == (IconState.SETUP, None)
     assert "model not exported" in tooltip_for(AgentStatus(), has_model=False)
+
+
+def test_without_a_model_a_slim_build_offers_the_download() -> None:
+    entries = menu_model(AgentStatus(), has_model=False, can_download=True)
+    assert entries[0].action is Action.DOWNLOAD_MODEL and entries[0].enabled
+    assert info_lines(entries)[0] == NO_MODEL_DOWNLOAD_LINE
+    busy = menu_model(
+        AgentStatus(), has_model=False, can_download=True, downloading="Downloading… 42 %"
+    )
+    assert not busy[0].enabled and info_lines(busy)[0] == "Downloading… 42 %"
+    assert not by_action(busy)[Action.START].enabled
+
+
+def test_a_test_model_says_so_in_the_menu_and_the_tooltip() -> None:
+    lines = info_lines(menu_model(RUNNING, has_model=True, test_model="tiny random model"))
+    assert lines[0] == "⚠ Test model (tiny random model): the emotions are random"
+    tip = tooltip_for(RUNNING, True, "tiny random model")
+    assert tip.startswith("CaptaFlow (TEST MODEL: tiny random model) - ")
+    long = AgentStatus(state=AgentState.RUNNING, source=SourceStatus(SourceState.FAILED, "x" * 300))
+    assert "TEST MODEL" in tooltip_for(long, True, "tiny random model")
+    assert len(tooltip_for(long, True, "tiny random model")) <= TOOLTIP_MAX
 
 
 def test_a_setup_problem_blocks_start_and_is_shown() -> None:
