@@ -230,6 +230,12 @@ class SourceStatus:
     state: SourceState
     detail: str = ""  # e.g. "reconnecting in 4.2 s", "login refused: ..."
     retry_in: float | None = None
+    # The link works but needs the streamer's attention, in one line saying what to do (a
+    # refused subscription, an expired token read anonymously instead); "" when all is well.
+    problem: str = ""
+    # Values from outside that were not usable as sent (counted since the source started):
+    times_replaced: int = 0  # platform timestamps out of range, replaced by the receive time
+    frames_skipped: int = 0  # frames or lines that could not be parsed (bad, too deep, too big)
 
 
 class AgentState(StrEnum):

@@ -175,7 +175,7 @@ class FakeTime:
 def _session(
     token: str | None = None, nick: str | None = None
 ) -> tuple[TwitchChatProtocol, FakeTime]:
-    clock = FakeTime()
+    clock = FakeTime(1568505700.0)  # near the recorded lines' tmi-sent-ts: sane times
     return TwitchChatProtocol("XQCow", nick=nick, token=token, now=clock), clock
 
 
@@ -217,7 +217,7 @@ def test_ping_gets_pong_with_the_same_payload() -> None:
 
 def test_privmsg_becomes_a_chat_message() -> None:
     proto, clock = _session()
-    clock.now = 2000.5
+    clock.now = 1568505702.5
     proto.receive_text(
         "@id=abc;user-id=42;tmi-sent-ts=1568505600501 :onche!onche@onche.tmi.twitch.tv "
         "PRIVMSG #xqcow :\x01ACTION dances\x01\r\n"
@@ -230,7 +230,7 @@ def test_privmsg_becomes_a_chat_message() -> None:
             "42",
             "dances",
             1568505600.501,
-            2000.5,
+            1568505702.5,
             True,
             author_name="onche",
         )

@@ -42,6 +42,9 @@ class FakeTime:
         self.now += delay
 
 
+B = 1_700_000_000.0  # 2023-11-14T22:13:20Z: recorded times must be after 2005
+
+
 def test_real_irc_capture_at_max_speed(testdata: Path) -> None:
     statuses: list[SourceStatus] = []
     moderation: list[object] = []
@@ -67,15 +70,17 @@ def test_real_irc_capture_at_max_speed(testdata: Path) -> None:
     assert source.status().state is SourceState.FINISHED
 
     first = messages[0]
-    assert (first.platform, first.channel, first.author) == ("twitch", "xqcow", "onche")
+    # Keyed as the live Twitch source keys it: the user id, the login beside it.
+    assert (first.platform, first.channel, first.author) == ("twitch", "xqcow", "48215771")
+    assert first.author_name == "onche"
     assert first.message_id == "ca561310-6855-43b3-8325-3ea7418359a2"
     assert first.sent_at == pytest.approx(1568505600.501)
     assert first.text.startswith("DEVIL MAY CRY 5 gachiBASS")
     assert messages[-1].sent_at - first.sent_at == pytest.approx(7.7 * 60, abs=30)
     resub = next(m for m in messages if m.text.startswith("7 Months i love you."))
-    assert resub.author == "keifele"
+    assert resub.author_name == "keifele"
     # Bots and commands, as the README of the capture counts them.
-    assert sum(m.author == "fossabot" for m in messages) == 16
+    assert sum(m.author_name == "fossabot" for m in messages) == 16
     assert sum(m.text.startswith("!") for m in messages) == 31
     not_scored = [m for m in messages if not is_audience(m, bots=KNOWN_BOTS)]
     assert 31 <= len(not_scored) <= 31 + 16
@@ -93,48 +98,56 @@ def test_jsonl_replay_with_bad_lines_and_schema_variants(
                 "id": "y1",
                 "author": "a",
                 "text": "hello",
-                "sent_at": 100.5,
+                "sent_at": B + 100.5,
             }
         ),
         "not json at all {",
         json.dumps({"text": "no time"}),
         "",
         json.dumps(
-            {"channel": "chan", "author": "b", "text": "iso", "sent_at": "1970-01-01T00:02:00Z"}
+            {"channel": "chan", "author": "b", "text": "iso", "sent_at": "2023-11-14T22:15:20Z"}
         ),
         json.dumps(
             {"message_id": "k1", "platform": "kick", "text": "ms", "sent_at": 1568505600501}
         ),
         json.dumps([1, 2, 3]),
         json.dumps(
-            {"channel": "chan", "author": "c", "text": "/me", "sent_at": 140, "action": True}
+            {"channel": "chan", "author": "c", "text": "/me", "sent_at": B + 140, "action": True}
         ),
+        '{"channel": "chan", "text": "from the far future", "sent_at": 1e300}',
+        '{"channel": "../../etc", "text": "odd channel", "sent_at": 1e400}',
     ]
     path.write_bytes("\n".join(lines).encode() + b"\n\xff\xfe broken utf-8\n")
     with caplog.at_level(logging.WARNING):
         source = ReplaySource(path, speed=None, channel="fallback")
         messages = asyncio.run(collect(source))
-    assert [m.text for m in messages] == ["hello", "iso", "ms", "/me"]
-    assert [m.platform for m in messages] == ["youtube", "other", "kick", "other"]
-    assert [m.channel for m in messages] == ["chan", "chan", "fallback", "chan"]
-    assert [m.sent_at for m in messages] == [100.5, 120.0, 1568505600.501, 140.0]  # ms -> s
+    assert [m.text for m in messages] == [
+        "hello", "iso", "ms", "/me", "from the far future", "odd channel"
+    ]  # fmt: skip
+    assert [m.platform for m in messages] == ["youtube", "other", "kick", "other", "other", "other"]
+    assert [m.channel for m in messages] == ["chan", "chan", "fallback", "chan", "chan", "fallback"]
+    # ms -> s; a time out of range takes the last good time of the file, and is counted.
+    assert [m.sent_at for m in messages] == [
+        B + 100.5, B + 120.0, 1568505600.501, B + 140.0, B + 140.0, B + 140.0
+    ]  # fmt: skip
+    assert source.status().times_replaced == 2
     assert messages[0].message_id == "y1" and messages[2].message_id == "k1"
     assert messages[1].message_id.startswith("h:")  # no id: content hash
     assert messages[3].action
     assert source.stats.bad_lines == 4
-    assert "line 2 skipped" in caplog.text and "line 9 skipped" in caplog.text
+    assert "line 2 skipped" in caplog.text and "line 11 skipped" in caplog.text
 
 
 def test_recorded_speed_sleeps_the_recorded_gaps(tmp_path: Path) -> None:
     path = tmp_path / "chat.jsonl"
-    times = [10.0, 10.5, 12.0, 12.0, 11.0, 20.0, 1000.0]
+    times = [B + t for t in (10.0, 10.5, 12.0, 12.0, 11.0, 20.0, 1000.0)]
     path.write_text(
         "".join(
             json.dumps({"id": f"m{i}", "text": f"t{i}", "sent_at": t}) + "\n"
             for i, t in enumerate(times)
         )
     )
-    fake = FakeTime()
+    fake = FakeTime(B + 1000)
     source = ReplaySource(path, speed=2.0, max_gap=60, clock=fake.clock, sleep=fake.sleep)
     messages = asyncio.run(collect(source))
     assert len(messages) == len(times)
@@ -142,22 +155,22 @@ def test_recorded_speed_sleeps_the_recorded_gaps(tmp_path: Path) -> None:
     assert fake.delays == pytest.approx([0.25, 0.75, 4.0, 60.0])
     # received_at is when the replay let the message go.
     assert [m.received_at for m in messages] == pytest.approx(
-        [1000, 1000.25, 1001, 1001, 1001, 1005, 1065]
+        [B + t for t in (1000, 1000.25, 1001, 1001, 1001, 1005, 1065)]
     )
 
 
 def test_record_then_replay_round_trip(tmp_path: Path) -> None:
     original = [
-        ChatMessage("twitch", "xqcow", "id-1", "alice", "Kappa 123", 1.25, 2.0),
+        ChatMessage("twitch", "xqcow", "id-1", "alice", "Kappa 123", B + 1.25, B + 2.0),
         ChatMessage(
-            "youtube", "chan", "id-2", "bob", 'emoji 🎉 "quotes"\nnewline', 3.0, 4.0, action=True
+            "youtube", "chan", "id-2", "bob", 'emoji 🎉 "quotes"\nnewline', B + 3, B + 4, True
         ),
-        ChatMessage("kick", "chan", "id-3", "", "broken \ud800 surrogate", 5.0, 6.0),
+        ChatMessage("kick", "chan", "id-3", "", "broken \ud800 surrogate", B + 5.0, B + 6.0),
     ]
     path = tmp_path / "rec.jsonl"
     assert record_jsonl(original[:2], path) == 2
     assert record_jsonl(original[2:], path) == 1
-    replayed = asyncio.run(collect(ReplaySource(path, speed=None, clock=lambda: 9.0)))
+    replayed = asyncio.run(collect(ReplaySource(path, speed=None, clock=lambda: B + 9.0)))
     assert [
         (m.platform, m.channel, m.message_id, m.author, m.text, m.sent_at, m.action)
         for m in replayed
@@ -188,7 +201,7 @@ def test_gzip_jsonl_and_mixed_irc_lines(tmp_path: Path) -> None:
     source = ReplaySource(path, speed=None, on_moderation=events.append)
     messages = asyncio.run(collect(source))
     assert [(m.author, m.text, m.action) for m in messages] == [
-        ("viewer", "waves", True),
+        ("1", "waves", True),  # user-id, as live
         ("", "json", False),
     ]
     assert [e.kind for e in events] == ["clearchat", "clearmsg"]

@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
+from agent.backoff import backoff
 from agent.errors import SourceError
 from agent.sources.irc import ModerationEvent
-from agent.sources.reconnect import ReconnectPolicy
 from agent.sources.twitch import TwitchSource
 from agent.vocab import ChatMessage, SourceState, SourceStatus
 
@@ -100,15 +100,16 @@ class FakeTwitch:
             yield f"ws://127.0.0.1:{port}"
 
 
-def fast_policy(**overrides: float) -> ReconnectPolicy:
-    settings = {"initial": 0.05, "cap": 0.2, "stable_after": 30.0, "max_attempts_per_minute": 20}
-    settings.update(overrides)
-    return ReconnectPolicy(random_unit=lambda: 1.0, **settings)  # type: ignore[arg-type]
+UNREACHABLE = "http://127.0.0.1:9/validate"  # the discard port: nothing listens on loopback
+
+
+def fast_delays(initial: float = 0.05, maximum: float = 0.2) -> Callable[[], Iterator[float]]:
+    return lambda: backoff(initial, 2.0, maximum, jitter=0.0)
 
 
 def make_source(url: str, **kwargs: object) -> TwitchSource:
     options: dict[str, object] = {
-        "policy": fast_policy(),
+        "delays": fast_delays(),
         "ping_interval": 5.0,
         "pong_timeout": 5.0,
         "tick_interval": 0.05,
@@ -168,7 +169,7 @@ def test_drop_mid_stream_then_resume() -> None:
             states = [s.state for s in statuses]
             assert SourceState.RECONNECTING in states
             retry = next(s for s in statuses if s.state is SourceState.RECONNECTING)
-            assert retry.retry_in == pytest.approx(0.05) and "reconnecting in" in retry.detail
+            assert retry.retry_in == pytest.approx(0.05) and "retrying in 1 s" in retry.detail
             await source.close()
             assert source.status().state is SourceState.STOPPED
 
@@ -234,7 +235,7 @@ def test_reconnect_command_is_obeyed_at_once() -> None:
         server = FakeTwitch(first, second)
         async with server.running() as url:
             # A backoff of 30 s would time the test out: RECONNECT must skip it.
-            source = make_source(url, policy=fast_policy(initial=30.0, cap=60.0))
+            source = make_source(url, delays=fast_delays(30.0, 60.0))
             seen = await collect_ids(source, ids(*range(1, 7)), timeout=10)
             assert set(seen) == ids(*range(1, 7))
             assert source.stats["reconnect_requests"] == 1 and len(server.peers) == 2
@@ -388,26 +389,62 @@ def test_oversized_frame_closes_the_link_and_the_source_reconnects() -> None:
     asyncio.run(main())
 
 
-def test_login_refused_fails_once_with_a_clear_reason() -> None:
+def test_anonymous_login_refused_fails_once_with_a_clear_reason() -> None:
+    async def refuse(peer: Peer) -> None:
+        while not any(line.startswith("NICK") for line in peer.received):
+            await peer.read_line()
+        await peer.send(":tmi.twitch.tv NOTICE * :Login unsuccessful\r\n")
+        await peer.idle()
+
+    async def main() -> None:
+        server = FakeTwitch(refuse)
+        async with server.running() as url:
+            source = make_source(url)
+            with pytest.raises(SourceError, match="refused the anonymous login"):
+                await asyncio.wait_for(anext(source.messages()), 10)
+            assert source.status().state is SourceState.FAILED
+            assert "Login unsuccessful" in source.status().detail
+            assert len(server.peers) == 1
+
+    asyncio.run(main())
+
+
+def test_a_refused_token_falls_back_to_reading_anonymously() -> None:
+    """Twitch's answer to a bad token (https://dev.twitch.tv/docs/chat/irc/#authenticating:
+    `:tmi.twitch.tv NOTICE * :Login authentication failed`) is one problem line, then the
+    same channel is read anonymously."""
+
     async def refuse(peer: Peer) -> None:
         while not any(line.startswith("NICK") for line in peer.received):
             await peer.read_line()
         await peer.send(":tmi.twitch.tv NOTICE * :Login authentication failed\r\n")
         await peer.idle()
 
+    async def anonymous(peer: Peer) -> None:
+        await peer.login()
+        await peer.send(privmsg(1))
+        await peer.idle()
+
     async def main() -> None:
-        server = FakeTwitch(refuse)
+        server = FakeTwitch(refuse, anonymous)
         async with server.running() as url:
             source = TwitchSource(
-                CHANNEL, server_url=url, nick="mybot", token="secret123", policy=fast_policy()
+                CHANNEL,
+                server_url=url,
+                nick="mybot",
+                token="secret123",
+                validate_url=UNREACHABLE,
+                delays=fast_delays(),
+                tick_interval=0.05,
             )
-            with pytest.raises(SourceError, match="refused the login as mybot") as err:
-                await asyncio.wait_for(anext(source.messages()), 10)
-            assert "secret123" not in str(err.value)
-            assert source.status().state is SourceState.FAILED
-            assert "Login authentication failed" in source.status().detail
-            assert len(server.peers) == 1
+            assert await collect_ids(source, ids(1)) == ["m1"]
+            problem = source.status().problem
+            assert "refused the token" in problem and "anonymously" in problem
+            assert "secret123" not in problem
             assert "PASS oauth:secret123" in server.peers[0].received
+            assert not any(line.startswith("PASS") for line in server.peers[1].received)
+            assert any(line.startswith("NICK justinfan") for line in server.peers[1].received)
+            await source.close()
 
     asyncio.run(main())
 
@@ -422,7 +459,12 @@ def test_token_is_never_logged(caplog: pytest.LogCaptureFixture) -> None:
         server = FakeTwitch(script)
         async with server.running() as url:
             source = TwitchSource(
-                CHANNEL, server_url=url, nick="mybot", token="oauth:topsecret", policy=fast_policy()
+                CHANNEL,
+                server_url=url,
+                nick="mybot",
+                token="oauth:topsecret",
+                validate_url=UNREACHABLE,
+                delays=fast_delays(),
             )
             assert await collect_ids(source, ids(1)) == ["m1"]
             await source.close()
@@ -432,27 +474,23 @@ def test_token_is_never_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert "PASS ***" in caplog.text and "topsecret" not in caplog.text
 
 
-def test_a_broken_server_is_never_hammered() -> None:
+def test_a_broken_server_gets_ever_longer_waits() -> None:
     async def slam(peer: Peer) -> None:
         peer.ws.transport.abort()
 
     async def main() -> None:
         server = FakeTwitch(slam)
         async with server.running() as url:
-            policy = fast_policy(initial=0.01, cap=0.02, max_attempts_per_minute=3)
-            source = make_source(url, policy=policy)
+            statuses: list[SourceStatus] = []
+            source = make_source(url, delays=fast_delays(0.01, 0.04), on_status=statuses.append)
             consumer = asyncio.create_task(collect_ids(source, ids(1)))
-            deadline = time.monotonic() + 5
-            while (
-                source.status().state is not SourceState.RECONNECTING
-                or (source.status().retry_in or 0) < 30
-            ):
-                assert time.monotonic() < deadline, source.status()
-                await asyncio.sleep(0.02)
-            # The budget is spent: the next attempt waits for the minute to pass.
-            assert len(server.peers) == 3 and source.stats["attempts"] == 3
+            while source.stats["attempts"] < 4:
+                await asyncio.sleep(0.01)
             await source.close()
             await asyncio.wait_for(consumer, 5)  # close() ends the backoff sleep at once
+        waits = [s.retry_in for s in statuses if s.state is SourceState.RECONNECTING]
+        assert waits[:3] == [0.01, 0.02, 0.04]  # a link that drops at once is not stable
+        assert all("retrying in 1 s" in s.detail for s in statuses if s.retry_in)
 
     asyncio.run(main())
 
@@ -465,7 +503,7 @@ def test_connection_refused_is_retried_with_backoff() -> None:
         statuses: list[SourceStatus] = []
         source = make_source(
             f"ws://127.0.0.1:{port}",
-            policy=fast_policy(initial=0.01, cap=0.02),
+            delays=fast_delays(0.01, 0.02),
             on_status=statuses.append,
         )
         consumer = asyncio.create_task(collect_ids(source, ids(1)))
@@ -473,7 +511,11 @@ def test_connection_refused_is_retried_with_backoff() -> None:
             await asyncio.sleep(0.01)
         await source.close()
         await asyncio.wait_for(consumer, 5)
-        assert any("cannot connect" in s.detail for s in statuses)
+        assert any(
+            s.detail.startswith(f"can't reach Twitch at ws://127.0.0.1:{port}: retrying in")
+            for s in statuses
+        )
+        assert not any("Errno" in s.detail or "0.0 s" in s.detail for s in statuses)
 
     asyncio.run(main())
 
@@ -510,55 +552,4 @@ def test_settings_are_checked_before_connecting() -> None:
         TwitchSource("no spaces allowed")
     with pytest.raises(SourceError, match="server URL"):
         TwitchSource(CHANNEL, server_url="http://example.com")
-    with pytest.raises(SourceError, match="nick"):
-        TwitchSource(CHANNEL, token="abc")
     assert TwitchSource("#XQCow").channel == "xqcow"
-
-
-# --------------------------------------------------------------------------- policy (pure)
-
-
-def test_policy_backoff_full_jitter_and_cap() -> None:
-    draws = iter([1.0, 0.5, 1.0, 1.0, 1.0, 1.0, 0.0])
-    policy = ReconnectPolicy(
-        initial=1, cap=8, multiplier=2, max_attempts_per_minute=100, random_unit=lambda: next(draws)
-    )
-    assert policy.next_delay(0.0) == 0.0  # first attempt: at once
-    delays = [policy.next_delay(t) for t in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0)]
-    assert delays == [1.0, 1.0, 4.0, 8.0, 8.0, 8.0, 0.0]
-    assert [policy.upper_bound(n) for n in range(5)] == [0.0, 1.0, 2.0, 4.0, 8.0]
-
-
-def test_policy_resets_after_a_stable_connection() -> None:
-    policy = ReconnectPolicy(initial=1, cap=60, stable_after=30, random_unit=lambda: 1.0)
-    policy.next_delay(0.0)
-    assert policy.next_delay(1.0) == 1.0
-    assert policy.next_delay(3.0) == 2.0
-    policy.on_connected(10.0)
-    assert policy.next_delay(20.0) == 4.0  # up 10 s only: not stable, backoff grows
-    policy.on_connected(30.0)
-    assert policy.next_delay(60.0) == 1.0  # up 30 s: stable, backoff starts over
-    policy.on_connected(70.0)
-    policy.on_stable(100.0)
-    assert policy.failures == 0
-
-
-def test_policy_attempt_budget_per_minute() -> None:
-    policy = ReconnectPolicy(initial=0.1, cap=0.1, max_attempts_per_minute=3, random_unit=lambda: 1)
-    starts = []
-    now = 0.0
-    for _ in range(7):
-        delay = policy.next_delay(now, immediate=True)  # even RECONNECT obeys the budget
-        starts.append(now + delay)
-        now += delay + 0.5
-    assert starts == [0.0, 0.5, 1.0, 60.0, 60.5, 61.0, 120.0]
-    for i in range(len(starts)):
-        window = [s for s in starts if starts[i] - 60 < s <= starts[i]]
-        assert len(window) <= 3
-
-
-def test_policy_rejects_nonsense() -> None:
-    with pytest.raises(ValueError):
-        ReconnectPolicy(initial=0)
-    with pytest.raises(ValueError):
-        ReconnectPolicy(max_attempts_per_minute=0)

@@ -140,7 +140,12 @@ def make_source(
     options.update(
         {"file": str(file) if file else "", "speed": speed, "mapping": dict(mapping or {})}
     )
-    secrets = {found.secrets[0].keyring: token} if token and found.secrets else {}
+    if token and found.secrets:
+        secrets = {found.secrets[0].keyring: token}
+    else:  # the old runtime passes only Twitch's token: read the others as open_source does
+        from agent.secrets import read_secrets
+
+        secrets = read_secrets(found.secrets)
     config = SourceConfig(
         kind=found.kind,
         channel=channel,

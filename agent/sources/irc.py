@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from agent.sources.entry import MAX_NAME, clip, sane_time, usable_id
 from agent.vocab import ChatMessage, ModerationEvent, content_message_id, validate_name
 
 PLATFORM = "twitch"
@@ -241,13 +242,26 @@ def parse_emotes(value: str, text: str) -> list[Emote]:
 
 
 def sent_time(tags: dict[str, str], fallback: float) -> float:
-    """`tmi-sent-ts` (ms since the epoch) in seconds, else `fallback`."""
+    """`tmi-sent-ts` (ms since the epoch) in seconds, else `fallback` (see `checked_sent_time`)."""
+    return checked_sent_time(tags, fallback)[0]
+
+
+def checked_sent_time(
+    tags: dict[str, str], received_at: float, fallback: float | None = None
+) -> tuple[float, bool]:
+    """(`tmi-sent-ts` in seconds, whether it was out of range and replaced).
+
+    The tag is milliseconds as digits; anything else, or a time before 2005 or more than a
+    day ahead of `received_at` (a `tmi-sent-ts` past the year 9999), is replaced by
+    `fallback` (default: `received_at`), as `agent.sources.entry` rules."""
     raw = tags.get("tmi-sent-ts", "")
-    try:
-        value = int(raw) / 1000.0
-    except ValueError:
-        return fallback
-    return value if value > 0 else fallback
+    replacement = received_at if fallback is None else fallback
+    if not raw:
+        return replacement, False
+    if not raw.isdigit() or len(raw) > 20:
+        return replacement, True
+    seconds, replaced = sane_time(int(raw) / 1000.0, received_at)
+    return (replacement, True) if replaced else (seconds, False)
 
 
 def sender_login(msg: IrcMessage) -> str | None:
@@ -271,6 +285,63 @@ def chat_text(msg: IrcMessage) -> tuple[str | None, bool]:
     if msg.command == "USERNOTICE":
         return (msg.params[1] if len(msg.params) >= 2 else None), False
     return None, False
+
+
+def chat_message(
+    msg: IrcMessage, channel: str, received_at: float, fallback: float | None = None
+) -> ChatMessage | None:
+    """A PRIVMSG/USERNOTICE with a person's words as a ChatMessage, keyed by the one author
+    rule of every Twitch path (live and replay): `author` is the sender's user id (the
+    `user-id` tag, what CLEARCHAT's `target-user-id` names), else the login; `author_name` is
+    the login. None for a line without words; `MalformedLine`-worthy lines raise ValueError.
+    Call `checked_sent_time` yourself to count replaced times; this one only uses it."""
+    text, action = chat_text(msg)
+    if not text:
+        # A USERNOTICE without a user's words (a bare sub, a raid) is not chat; an empty
+        # PRIVMSG (e.g. an empty /me) says nothing either.
+        return None
+    sent_at, _ = checked_sent_time(msg.tags, received_at, fallback)
+    login = clip(sender_login(msg) or msg.tags.get("display-name", "").lower(), MAX_NAME)
+    author = clip(msg.tags.get("user-id") or login, MAX_NAME)
+    if not author:
+        raise ValueError(f"{msg.command} without a sender")
+    text = clip(text)
+    message_id = usable_id(msg.tags.get("id")) or content_message_id(
+        PLATFORM, channel, author, sent_at, text
+    )
+    return ChatMessage(
+        platform=PLATFORM,
+        channel=channel,
+        message_id=message_id,
+        author=author,
+        text=text,
+        sent_at=sent_at,
+        received_at=received_at,
+        action=action,
+        author_name=login,
+    )
+
+
+def moderation_event(
+    msg: IrcMessage, channel: str, received_at: float, fallback: float | None = None
+) -> ModerationEvent | None:
+    """CLEARCHAT (a ban, a timeout, or the whole chat) or CLEARMSG (one message) as a
+    ModerationEvent whose `author` follows `chat_message`'s rule; None for other commands."""
+    at, _ = checked_sent_time(msg.tags, received_at, fallback)
+    if msg.command == "CLEARCHAT":
+        # The trailing parameter is the banned login; none means the whole chat was cleared.
+        author = msg.tags.get("target-user-id") or (msg.trailing or None)
+        return ModerationEvent(PLATFORM, channel, "clearchat", None, author, at)
+    if msg.command == "CLEARMSG":
+        return ModerationEvent(
+            PLATFORM,
+            channel,
+            "clearmsg",
+            usable_id(msg.tags.get("target-msg-id")),
+            msg.tags.get("login") or None,
+            at,
+        )
+    return None
 
 
 # --------------------------------------------------------------------------- session events
@@ -369,7 +440,7 @@ class TwitchChatProtocol:
         self._ping_sent_at: float | None = None
         self.dead = False
         self.joined = False
-        self.stats = {"lines": 0, "malformed": 0, "ignored": 0, "messages": 0}
+        self.stats = {"lines": 0, "malformed": 0, "ignored": 0, "messages": 0, "times_replaced": 0}
 
         self._outgoing.append(f"CAP REQ :{CAPABILITIES}")
         if token is not None:
@@ -484,59 +555,30 @@ class TwitchChatProtocol:
         if msg.channel != self.channel:
             self.stats["ignored"] += 1
             return
-        text, action = chat_text(msg)
-        if not text:
-            # A USERNOTICE without a user's words (a bare sub, a raid) is not chat; an empty
-            # PRIVMSG (e.g. an empty /me) says nothing either.
+        now = self._now()
+        self._count_time(msg, now)
+        try:
+            message = chat_message(msg, self.channel, now)
+        except ValueError as exc:
+            self._malformed(str(msg.params)[:200], str(exc))
+            return
+        if message is None:
+            return
+        self.stats["messages"] += 1
+        self._events.append(message)
+
+    def _on_moderation(self, msg: IrcMessage) -> None:
+        if msg.channel != self.channel:
             return
         now = self._now()
-        sent_at = sent_time(msg.tags, now)
-        login = sender_login(msg) or ""
-        author = msg.tags.get("user-id") or login
-        if not author:
-            self._malformed(str(msg.params)[:200], f"{msg.command} without a sender")
-            return
-        message_id = msg.tags.get("id") or content_message_id(
-            PLATFORM, self.channel, author, sent_at, text
-        )
-        self.stats["messages"] += 1
-        self._events.append(
-            ChatMessage(
-                platform=PLATFORM,
-                channel=self.channel,
-                message_id=message_id,
-                author=author,
-                text=text,
-                sent_at=sent_at,
-                received_at=now,
-                action=action,
-                author_name=login,
-            )
-        )
+        self._count_time(msg, now)
+        event = moderation_event(msg, self.channel, now)
+        if event is not None:
+            self._events.append(event)
 
-    def _on_clearchat(self, msg: IrcMessage) -> None:
-        if msg.channel != self.channel:
-            return
-        author = msg.tags.get("target-user-id") or (msg.trailing or None)
-        self._events.append(
-            ModerationEvent(
-                PLATFORM, self.channel, "clearchat", None, author, sent_time(msg.tags, self._now())
-            )
-        )
-
-    def _on_clearmsg(self, msg: IrcMessage) -> None:
-        if msg.channel != self.channel:
-            return
-        self._events.append(
-            ModerationEvent(
-                PLATFORM,
-                self.channel,
-                "clearmsg",
-                msg.tags.get("target-msg-id") or None,
-                msg.tags.get("login") or None,
-                sent_time(msg.tags, self._now()),
-            )
-        )
+    def _count_time(self, msg: IrcMessage, now: float) -> None:
+        if checked_sent_time(msg.tags, now)[1]:
+            self.stats["times_replaced"] += 1
 
     _HANDLERS: ClassVar[dict[str, Callable[[TwitchChatProtocol, IrcMessage], None]]] = {
         "PING": _on_ping,
@@ -548,8 +590,8 @@ class TwitchChatProtocol:
         "NOTICE": _on_notice,
         "PRIVMSG": _on_chat,
         "USERNOTICE": _on_chat,
-        "CLEARCHAT": _on_clearchat,
-        "CLEARMSG": _on_clearmsg,
+        "CLEARCHAT": _on_moderation,
+        "CLEARMSG": _on_moderation,
     }
 
 

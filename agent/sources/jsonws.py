@@ -1,53 +1,57 @@
-"""JSON over WebSocket: the link shared by the Streamer.bot, Social Stream Ninja and generic
-`ws` sources, and the generic source itself (a configurable field mapping).
+"""JSON over WebSocket: the session shared by the Streamer.bot, Social Stream Ninja and
+generic `ws` sources, and the generic source itself (a configurable field mapping).
 
-The link (`WebSocketJsonSource`) is a thin shell around pure parsing functions:
-
-* connects, runs a source-specific handshake (`on_open`: subscribe, join, authenticate),
-  then reads frames in its own task, so a slow consumer never stalls the socket's keepalive
-  (websockets answers pings and sends ours in the background as long as frames are read);
-  parsed messages wait in a bounded queue;
-* frames are decoded as UTF-8 JSON; a frame that is not (invalid UTF-8, not JSON) is counted
-  in `stats.malformed` and skipped, never raised;
-* frames larger than `max_size` make websockets close the link (code 1009); that counts as a
-  drop: `stats.drops` goes up and we reconnect;
-* reconnects follow `agent.sources.reconnect.ReconnectPolicy` (exponential backoff with full
-  jitter, reset after a stable link, a budget of attempts per minute); every state change goes
-  to `on_status` and the log.
+`JsonSession` is the sans-I/O part every JSON source builds on (the socket shell is the one
+`agent.sources.link.WebSocketLink`): each frame is checked where it enters
+(`agent.sources.entry.load_json`: size and nesting bounds, UTF-8, no NaN/Infinity), and any
+frame that fails, or whose payload a parser cannot use, is one `Skipped` event: counted in
+`status().frames_skipped`, never raised. Subclasses implement `parse` (one JSON value ->
+chat messages and moderation events) and may send frames of their own (join, subscribe) with
+`send` and react to the time in `tick`.
 
 Generic field mapping (`--source ws`, settings `[source.mapping]`): each of `text`, `id`,
 `author`, `time`, `platform`, `channel` is a dotted path into the JSON object (`data.user.name`,
 `items.0.text`); a value starting with `=` is a constant (`platform = "=youtube"`). `where` is
 an optional `path=value` filter (`where = "type=chat"`): other objects are ignored. A frame
 holding a JSON array is read as several objects. Without `id` a content hash is the key;
-without `time` the receive time is used; a number time may be seconds or milliseconds.
+without `time` the receive time is used; a number time may be seconds or milliseconds, and a
+time out of range is replaced by the receive time and counted.
 """
 
 from __future__ import annotations
 
 import abc
-import asyncio
-import contextlib
-import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
-
 from agent.checks import Expected
-from agent.errors import SettingsError, SourceError
-from agent.sources.base import ChatSource, SettingSpec, SourceConfig, SourceDescriptor
-from agent.sources.reconnect import ReconnectPolicy
-from agent.sources.replay import BadLine, parse_time
+from agent.errors import SettingsError
+from agent.sources.base import (
+    ChatSource,
+    ModerationCallback,
+    SettingSpec,
+    SourceConfig,
+    SourceDescriptor,
+    StatusCallback,
+)
+from agent.sources.entry import (
+    MAX_JSON_BYTES,
+    MAX_NAME,
+    BadFrame,
+    clip,
+    load_json,
+    sane_time,
+    usable_id,
+)
+from agent.sources.link import Skipped, WebSocketLink
 from agent.vocab import (
     PLATFORMS,
     ChatMessage,
-    SourceState,
+    ModerationEvent,
     SourceStatus,
     content_message_id,
     validate_name,
@@ -55,25 +59,17 @@ from agent.vocab import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_SIZE = 1 << 20  # chat events are a few KiB; a MiB is garbage or an attack
-QUEUE_LIMIT = 100_000  # messages waiting for the consumer before the reader waits too
+DEFAULT_MAX_SIZE = MAX_JSON_BYTES  # chat events are a few KiB; a MiB is garbage or an attack
 
-_END = object()
-
-
-@dataclass
-class LinkStats:
-    connects: int = 0
-    drops: int = 0
-    frames: int = 0
-    malformed: int = 0
-    messages: int = 0
-    timeline: list[tuple[float, str]] = field(default_factory=list)  # (clock, state detail)
+# How bridges name platforms, to ours (Streamer.bot says "YouTube", SSN "youtubeshorts").
+PLATFORM_ALIASES = {"youtubeshorts": "youtube", "youtubelive": "youtube", "x": "other"}
 
 
 def platform_name(value: Any) -> str:
-    """A platform name from a source's wording ("Twitch", "youtube", "kick"), else "other"."""
+    """A platform name from a source's wording ("Twitch", "youtubeshorts", "kick"), else
+    "other"."""
     name = str(value or "").strip().lower()
+    name = PLATFORM_ALIASES.get(name, name)
     return name if name in PLATFORMS else "other"
 
 
@@ -83,7 +79,7 @@ def get_path(obj: Any, path: str) -> Any:
     for part in path.split("."):
         if isinstance(current, dict):
             current = current.get(part)
-        elif isinstance(current, list) and part.lstrip("-").isdigit():
+        elif isinstance(current, list) and part.lstrip("-").isdigit() and len(part) < 10:
             index = int(part)
             current = current[index] if -len(current) <= index < len(current) else None
         else:
@@ -99,16 +95,98 @@ def scalar_text(value: Any) -> str | None:
         return None
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and value != value:
+        return None
     return str(value)
 
 
-def time_or(value: Any, fallback: float) -> float:
-    if value is None or value == "":
-        return fallback
+def safe_channel(value: str | None, fallback: str) -> str:
+    """A channel name fit for paths and S3 keys, else `fallback`."""
     try:
-        return parse_time(value)
-    except BadLine:
+        return validate_name(value) if value else fallback
+    except ValueError:
         return fallback
+
+
+@dataclass(slots=True)
+class Received:
+    """What a parser needs to know about the frame it reads, and where it counts."""
+
+    at: float  # receive time (UNIX seconds)
+    times_replaced: int = 0
+
+    def time(self, value: Any) -> float:
+        """A platform time checked against the receive time; replaced ones are counted."""
+        seconds, replaced = sane_time(value, self.at)
+        if replaced:
+            self.times_replaced += 1
+        return seconds
+
+
+# ------------------------------------------------------------------------------ session
+
+
+class JsonSession(abc.ABC):
+    """A `link.Session` for JSON feeds. Subclasses implement `parse`."""
+
+    def __init__(
+        self,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        max_bytes: int = DEFAULT_MAX_SIZE,
+    ) -> None:
+        self._wall = wall_clock
+        self._max_bytes = max_bytes
+        self._outgoing: list[str] = []
+        self._events: list[Any] = []
+        self._times_replaced = 0
+
+    @property
+    def times_replaced(self) -> int:
+        return self._times_replaced
+
+    @abc.abstractmethod
+    def parse(self, value: Any, received: Received) -> Iterable[ChatMessage | ModerationEvent]:
+        """The chat messages and moderation events one decoded frame holds (often none)."""
+
+    # -- link.Session
+
+    def data_to_send(self) -> list[str]:
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def events_received(self) -> list[Any]:
+        out, self._events = self._events, []
+        return out
+
+    def tick(self, now: float) -> None:  # noqa: B027 (optional hook: most feeds have none)
+        """Handshake deadlines, if a subclass has any; `now` is the link's clock."""
+
+    def receive_frame(self, frame: str | bytes) -> None:
+        try:
+            value = load_json(frame, max_bytes=self._max_bytes)
+        except BadFrame as exc:
+            self._events.append(Skipped(str(exc)))
+            return
+        received = Received(self._wall())
+        try:
+            parsed = list(self.parse(value, received))
+        except Exception as exc:
+            # A payload shape we did not foresee: skip it, never stop reading chat.
+            log.debug("unusable payload skipped", exc_info=True)
+            self._events.append(Skipped(f"unusable payload ({type(exc).__name__})"))
+            return
+        finally:
+            self._times_replaced += received.times_replaced
+        self._events.extend(parsed)
+
+    # -- for subclasses
+
+    def send(self, frame: str) -> None:
+        self._outgoing.append(frame)
+
+    def emit(self, event: Any) -> None:
+        self._events.append(event)
 
 
 # ------------------------------------------------------------------------ generic mapping
@@ -211,7 +289,7 @@ def _mapped(obj: Any, path: str | None) -> Any:
 
 
 def parse_mapped_object(
-    obj: Any, mapping: FieldMapping, *, received_at: float
+    obj: Any, mapping: FieldMapping, *, received_at: float, received: Received | None = None
 ) -> ChatMessage | None:
     """One JSON object through the field mapping; None if it is not a chat message."""
     if not isinstance(obj, dict):
@@ -223,33 +301,35 @@ def parse_mapped_object(
     text = scalar_text(_mapped(obj, mapping.text))
     if text is None or not text.strip():
         return None
+    text = clip(text)
     platform = platform_name(_mapped(obj, mapping.platform))
-    channel_value = scalar_text(_mapped(obj, mapping.channel)) or "unknown"
-    try:
-        channel = validate_name(channel_value)
-    except ValueError:
-        channel = "unknown"
-    author = scalar_text(_mapped(obj, mapping.author)) or ""
-    sent_at = time_or(_mapped(obj, mapping.time), received_at)
-    raw_id = scalar_text(_mapped(obj, mapping.id))
-    message_id = raw_id or content_message_id(platform, channel, author, sent_at, text)
-    return ChatMessage(platform, channel, message_id, author, text, sent_at, received_at)
+    channel = safe_channel(scalar_text(_mapped(obj, mapping.channel)), "unknown")
+    author = clip(scalar_text(_mapped(obj, mapping.author)) or "", MAX_NAME)
+    check = received or Received(received_at)
+    sent_at = check.time(_mapped(obj, mapping.time))
+    message_id = usable_id(scalar_text(_mapped(obj, mapping.id))) or content_message_id(
+        platform, channel, author, sent_at, text
+    )
+    return ChatMessage(platform, channel, message_id, author, text, sent_at, received_at, via="ws")
 
 
-def decode_frame(frame: str | bytes) -> Any:
-    """A frame's JSON value, or raise ValueError (invalid UTF-8 or not JSON)."""
-    text = frame.decode("utf-8") if isinstance(frame, bytes) else frame
-    return json.loads(text)
+class MappedSession(JsonSession):
+    def __init__(self, mapping: FieldMapping, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mapping = mapping
+
+    def parse(self, value: Any, received: Received) -> Iterable[ChatMessage]:
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            message = parse_mapped_object(
+                item, self.mapping, received_at=received.at, received=received
+            )
+            if message is not None:
+                yield message
 
 
-# ------------------------------------------------------------------------------ the link
-
-Sleep = Callable[[float], Awaitable[Any]]
-
-
-class WebSocketJsonSource(abc.ABC):
-    """A ChatSource over a JSON WebSocket feed. Subclasses set `name`, implement `parse`
-    (one decoded JSON value -> messages) and may override `on_open` (handshake)."""
+class JsonWebSocketSource:
+    """`--source ws`: any JSON feed, read through a `FieldMapping`."""
 
     name = "ws"
 
@@ -257,178 +337,34 @@ class WebSocketJsonSource(abc.ABC):
         self,
         url: str,
         *,
-        on_status: Callable[[SourceStatus], None] | None = None,
-        policy: ReconnectPolicy | None = None,
-        max_size: int = DEFAULT_MAX_SIZE,
-        open_timeout: float = 10.0,
-        ping_interval: float = 20.0,
-        ping_timeout: float = 20.0,
-        clock: Callable[[], float] = time.monotonic,
+        mapping: FieldMapping,
+        on_status: StatusCallback | None = None,
+        on_moderation: ModerationCallback | None = None,
         wall_clock: Callable[[], float] = time.time,
+        **link_options: Any,
     ) -> None:
         self.url = url
-        self.stats = LinkStats()
-        self.policy = policy or ReconnectPolicy()
-        self.max_size = max_size
-        self.open_timeout = open_timeout
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
-        self._clock = clock
-        self._wall = wall_clock
-        self._on_status = on_status
-        self._status = SourceStatus(SourceState.STOPPED)
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(QUEUE_LIMIT)
-        self._closed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    # -- hooks ---------------------------------------------------------------------------
-
-    async def on_open(self, ws: ClientConnection) -> None:  # noqa: B027 (optional hook)
-        """Handshake after connecting (subscribe, join, authenticate). Default: nothing."""
-
-    @abc.abstractmethod
-    def parse(self, value: Any, received_at: float) -> Iterable[ChatMessage]:
-        """The chat messages one decoded frame holds (none for other events)."""
-
-    # -- ChatSource ----------------------------------------------------------------------
+        self.mapping = mapping
+        self.link = WebSocketLink(
+            name="ws",
+            title="the chat feed",
+            url=url,
+            new_session=lambda: MappedSession(mapping, wall_clock=wall_clock),
+            on_status=on_status,
+            on_moderation=on_moderation,
+            refused_hint="is the feed running?",
+            **link_options,
+        )
+        self.stats = self.link.stats
 
     def status(self) -> SourceStatus:
-        return self._status
+        return self.link.status()
 
-    def _set_status(
-        self, state: SourceState, detail: str = "", retry_in: float | None = None
-    ) -> None:
-        self._status = SourceStatus(state, detail, retry_in)
-        self.stats.timeline.append((self._clock(), f"{state.value} {detail}".strip()))
-        log.info("%s source: %s %s", self.name, state.value, detail)
-        if self._on_status is not None:
-            self._on_status(self._status)
-
-    async def messages(self) -> AsyncIterator[ChatMessage]:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"{self.name}-link")
-        while True:
-            item = await self._queue.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+    def messages(self) -> AsyncIterator[ChatMessage]:
+        return self.link.messages()
 
     async def close(self) -> None:
-        self._closed.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._finish()
-        if self._status.state is not SourceState.FAILED:
-            self._set_status(SourceState.STOPPED, "closed")
-
-    def _finish(self) -> None:
-        # The consumer must always learn that the stream ended, even with a full queue.
-        while True:
-            try:
-                self._queue.put_nowait(_END)
-                return
-            except asyncio.QueueFull:
-                self._queue.get_nowait()
-
-    # -- the connection loop --------------------------------------------------------------
-
-    async def _run(self) -> None:
-        try:
-            while not self._closed.is_set():
-                delay = self.policy.next_delay(self._clock())
-                if delay > 0:
-                    self._set_status(
-                        SourceState.RECONNECTING, f"reconnecting in {delay:.1f} s", retry_in=delay
-                    )
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._closed.wait(), delay)
-                    if self._closed.is_set():
-                        return
-                await self._connect_once()
-        except SourceError as exc:
-            self._set_status(SourceState.FAILED, str(exc))
-            await self._queue.put(exc)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # never a traceback to the user; the runtime shows one line
-            log.debug("%s source failed", self.name, exc_info=True)
-            error = SourceError(f"{self.name} source stopped: {exc!r}; see the log with --debug")
-            self._set_status(SourceState.FAILED, str(error))
-            await self._queue.put(error)
-
-    async def _connect_once(self) -> None:
-        self._set_status(SourceState.CONNECTING, self.url_for_log())
-        try:
-            async with connect(
-                self.url,
-                max_size=self.max_size,
-                open_timeout=self.open_timeout,
-                ping_interval=self.ping_interval,
-                ping_timeout=self.ping_timeout,
-                close_timeout=2,
-            ) as ws:
-                self.stats.connects += 1
-                await self.on_open(ws)
-                self.policy.on_connected(self._clock())
-                self._set_status(SourceState.CONNECTED, self.url_for_log())
-                async for frame in ws:
-                    await self._handle_frame(frame)
-                self.stats.drops += 1
-                log.warning("%s source: the server closed the link", self.name)
-        except InvalidURI as exc:
-            raise SourceError(
-                f"{self.url_for_log()} is not a WebSocket address: use ws://HOST:PORT/PATH "
-                "(--server-url)"
-            ) from exc
-        except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError) as exc:
-            self.stats.drops += 1
-            log.warning("%s source: link lost: %s", self.name, exc or type(exc).__name__)
-
-    async def _handle_frame(self, frame: str | bytes) -> None:
-        self.stats.frames += 1
-        try:
-            value = decode_frame(frame)
-        except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            self.stats.malformed += 1
-            log.debug("%s source: malformed frame skipped: %r", self.name, frame[:200])
-            return
-        received_at = self._wall()
-        try:
-            parsed = list(self.parse(value, received_at))
-        except SourceError:
-            raise
-        except Exception:
-            # A payload shape we did not foresee: skip it, never stop reading chat.
-            self.stats.malformed += 1
-            log.debug("%s source: unusable payload skipped", self.name, exc_info=True)
-            return
-        for message in parsed:
-            self.stats.messages += 1
-            await self._queue.put(message)
-
-    def url_for_log(self) -> str:
-        return self.url
-
-
-class JsonWebSocketSource(WebSocketJsonSource):
-    """`--source ws`: any JSON feed, read through a `FieldMapping`."""
-
-    name = "ws"
-
-    def __init__(self, url: str, *, mapping: FieldMapping, **kwargs: Any) -> None:
-        super().__init__(url, **kwargs)
-        self.mapping = mapping
-
-    def parse(self, value: Any, received_at: float) -> Iterable[ChatMessage]:
-        items = value if isinstance(value, list) else [value]
-        for item in items:
-            message = parse_mapped_object(item, self.mapping, received_at=received_at)
-            if message is not None:
-                yield message
+        await self.link.close()
 
 
 # ----------------------------------------------------------------------------- descriptor

@@ -42,15 +42,31 @@ from typing import IO, Any, cast
 from agent import checks
 from agent.errors import SettingsError, SourceError
 from agent.sources.base import ChatSource, SettingSpec, SourceConfig, SourceDescriptor
+from agent.sources.entry import (
+    MAX_NAME,
+    BadFrame,
+    clip,
+    in_range,
+    load_json,
+    unix_seconds,
+    usable_id,
+)
 from agent.sources.irc import (
     IrcParseError,
     ModerationEvent,
-    chat_text,
+    chat_message,
+    checked_sent_time,
+    moderation_event,
     parse_line,
-    sender_login,
-    sent_time,
 )
-from agent.vocab import ChatMessage, SourceState, SourceStatus, content_message_id
+from agent.vocab import (
+    PLATFORMS,
+    ChatMessage,
+    SourceState,
+    SourceStatus,
+    content_message_id,
+    validate_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +159,38 @@ def _text_field(obj: dict[str, Any], *names: str, default: str | None = None) ->
     return default
 
 
-def message_from_json(obj: Any, *, channel: str | None, received_at: float) -> ChatMessage:
+@dataclass
+class TimeCheck:
+    """Replaced times of one replay: a recorded time out of range (`agent.sources.entry`) is
+    replaced by the last good time of the file, so the recording's timeline stays whole (the
+    receive time of a replay is "now", years after the stream)."""
+
+    last_good: float | None = None
+    replaced: int = 0
+
+    def take(self, seconds: float | None, received_at: float) -> float:
+        if seconds is not None and in_range(seconds, received_at):
+            self.last_good = seconds
+            return seconds
+        self.replaced += 1
+        return self.last_good if self.last_good is not None else received_at
+
+
+def _platform(value: str | None) -> str:
+    name = (value or "other").strip().lower()
+    return name if name in PLATFORMS else "other"
+
+
+def _channel(value: str | None, fallback: str) -> str:
+    try:
+        return validate_name(value) if value else fallback
+    except ValueError:
+        return fallback
+
+
+def message_from_json(
+    obj: Any, *, channel: str | None, received_at: float, times: TimeCheck | None = None
+) -> ChatMessage:
     """One JSONL record as a ChatMessage, or `BadLine`."""
     if not isinstance(obj, dict):
         raise BadLine("not a JSON object")
@@ -152,11 +199,16 @@ def message_from_json(obj: Any, *, channel: str | None, received_at: float) -> C
         raise BadLine("no 'text'")
     if "sent_at" not in obj:
         raise BadLine("no 'sent_at'")
-    sent_at = parse_time(obj["sent_at"])
-    platform = (_text_field(obj, "platform") or "other").lower()
-    chan = (_text_field(obj, "channel") or channel or "replay").lstrip("#").lower()
-    author = _text_field(obj, "author", default="") or ""
-    message_id = _text_field(obj, "id", "message_id") or content_message_id(
+    raw_time = obj["sent_at"]
+    seconds = unix_seconds(raw_time)
+    if seconds is None and (isinstance(raw_time, bool) or not isinstance(raw_time, int | float)):
+        raise BadLine(f"sent_at is not a time: {str(raw_time)[:40]!r}")
+    sent_at = (times or TimeCheck()).take(seconds, received_at)
+    text = clip(text)
+    platform = _platform(_text_field(obj, "platform"))
+    chan = _channel(_text_field(obj, "channel"), _channel(channel, "replay"))
+    author = clip(_text_field(obj, "author", default="") or "", MAX_NAME)
+    message_id = usable_id(_text_field(obj, "id", "message_id")) or content_message_id(
         platform, chan, author, sent_at, text
     )
     return ChatMessage(
@@ -171,10 +223,14 @@ def message_from_json(obj: Any, *, channel: str | None, received_at: float) -> C
     )
 
 
-def event_from_irc(line: str, *, received_at: float) -> ChatMessage | ModerationEvent | None:
+def event_from_irc(
+    line: str, *, received_at: float, times: TimeCheck | None = None
+) -> ChatMessage | ModerationEvent | None:
     """One raw Twitch IRC line: a message, a moderation event, or None for other commands.
 
-    Raises `BadLine` for a line that is not IRC."""
+    Keyed exactly as the live Twitch source keys it (`irc.chat_message`: the user id, else the
+    login), so a replayed chat and the live one name the same viewer the same way. Raises
+    `BadLine` for a line that is not IRC."""
     try:
         msg = parse_line(line)
     except IrcParseError as exc:
@@ -184,46 +240,25 @@ def event_from_irc(line: str, *, received_at: float) -> ChatMessage | Moderation
         # never sends means the line is not from a Twitch log at all.
         raise BadLine(f"not a Twitch IRC line (command {msg.command[:20]!r})")
     channel = msg.channel
+    if channel is None or msg.command not in ("PRIVMSG", "USERNOTICE", "CLEARCHAT", "CLEARMSG"):
+        return None
+    check = times or TimeCheck()
+    sent_at, replaced = checked_sent_time(msg.tags, received_at, check.last_good)
+    if replaced:
+        check.replaced += 1
+    elif msg.tags.get("tmi-sent-ts"):
+        check.last_good = sent_at
+    fallback = sent_at if replaced else None
     if msg.command in ("PRIVMSG", "USERNOTICE"):
-        text, action = chat_text(msg)
-        if not text or channel is None:
-            return None  # a bare sub or raid notice: no words from a person
-        login = sender_login(msg) or msg.tags.get("display-name", "").lower()
-        if not login:
-            raise BadLine(f"{msg.command} without a sender")
-        sent_at = sent_time(msg.tags, received_at)
-        message_id = msg.tags.get("id") or content_message_id(
-            "twitch", channel, login, sent_at, text
-        )
-        return ChatMessage(
-            platform="twitch",
-            channel=channel,
-            message_id=message_id,
-            author=login,
-            text=text,
-            sent_at=sent_at,
-            received_at=received_at,
-            action=action,
-        )
-    if msg.command == "CLEARCHAT" and channel is not None:
-        # The trailing parameter is the banned login; none means the whole chat was cleared.
-        return ModerationEvent(
-            "twitch", channel, "clearchat", None, msg.trailing, sent_time(msg.tags, received_at)
-        )
-    if msg.command == "CLEARMSG" and channel is not None:
-        return ModerationEvent(
-            "twitch",
-            channel,
-            "clearmsg",
-            msg.tags.get("target-msg-id") or None,
-            msg.tags.get("login") or None,
-            sent_time(msg.tags, received_at),
-        )
-    return None
+        try:
+            return chat_message(msg, channel, received_at, fallback)
+        except ValueError as exc:
+            raise BadLine(str(exc)) from exc
+    return moderation_event(msg, channel, received_at, fallback)
 
 
 def parse_record(
-    raw: bytes, *, channel: str | None, received_at: float
+    raw: bytes, *, channel: str | None, received_at: float, times: TimeCheck | None = None
 ) -> ChatMessage | ModerationEvent | None:
     """One line of a chat file (JSONL or IRC). None for blank lines and non-chat IRC."""
     try:
@@ -232,13 +267,13 @@ def parse_record(
         raise BadLine(f"invalid UTF-8 at byte {exc.start}") from exc
     if not line.strip():
         return None
-    if line.lstrip().startswith("{"):
+    if line.lstrip().startswith(("{", "[")):
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise BadLine(f"invalid JSON: {exc.msg}") from exc
-        return message_from_json(obj, channel=channel, received_at=received_at)
-    return event_from_irc(line, received_at=received_at)
+            obj = load_json(line)
+        except BadFrame as exc:
+            raise BadLine(str(exc)) from exc
+        return message_from_json(obj, channel=channel, received_at=received_at, times=times)
+    return event_from_irc(line, received_at=received_at, times=times)
 
 
 def _open_lines(path: Path) -> IO[bytes]:
@@ -288,14 +323,20 @@ class ReplaySource:
         self._sleep = sleep
         self._status = SourceStatus(SourceState.STOPPED)
         self._closed = asyncio.Event()
+        self._times = TimeCheck()
 
     def status(self) -> SourceStatus:
-        return self._status
+        return SourceStatus(
+            self._status.state,
+            self._status.detail,
+            times_replaced=self._times.replaced,
+            frames_skipped=self.stats.bad_lines,
+        )
 
     def _set_status(self, state: SourceState, detail: str = "") -> None:
         self._status = SourceStatus(state, detail)
         if self._on_status is not None:
-            self._on_status(self._status)
+            self._on_status(self.status())
 
     async def close(self) -> None:
         self._closed.set()
@@ -305,7 +346,9 @@ class ReplaySource:
             for number, raw in enumerate(_iter_lines(handle), start=1):
                 self.stats.lines = number
                 try:
-                    record = parse_record(raw, channel=self.channel, received_at=self._clock())
+                    record = parse_record(
+                        raw, channel=self.channel, received_at=self._clock(), times=self._times
+                    )
                 except BadLine as exc:
                     self.stats.bad_lines += 1
                     if self.stats.bad_lines <= MAX_WARNINGS:

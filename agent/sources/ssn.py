@@ -1,22 +1,32 @@
 """Social Stream Ninja: chat from many more sites (YouTube, TikTok, Facebook, Kick, Rumble...)
-through its WebSocket API relay (socialstream.ninja/api).
+through its WebSocket API relay.
 
-Setup in Social Stream Ninja (Global settings > Mechanics): "Enable remote API control of
-extension" and "Send chat messages to API server". Its chat then goes out on channel 4 of the
-relay, which we join with `{"join": SESSION_ID, "in": 4}` after connecting to
-`wss://io.socialstream.ninja` (or any `--server-url`, e.g. a local relay; a URL that already
-has `/join/SESSION/4` needs no join message). The session id is a secret (it controls the
-extension), so it comes in as the source token, never in logs.
+Setup in Social Stream Ninja (Global settings > Mechanics), per its API documentation
+(github.com/steveseguin/social_stream, api.md "Quick Start: Receiving Chat Messages"):
+"Enable remote API control of extension" and "Send chat messages to API server" (the third
+toggle). Its chat then goes out on channel 4 of the relay at wss://io.socialstream.ninja.
 
-Messages are flat JSON objects (docs "Message structure"): `chatname` (display name),
-`chatmessage` (may hold HTML: emotes as `<img alt="...">`, escaped entities), `type` (the
-platform, e.g. "youtube"), `id`, `userid`, `timestamp` (ms), and `event` for stream events
-(follows, viewer counts), which are not chat and are skipped. Some relays wrap the object as
-`{"overlayNinja": {...}}` or `{"content": {...}}`; both are unwrapped.
+The two join styles of the relay (api.md "Connecting to the API Server") are both read:
 
-Dedup key: SSN's `id` is often a per-run counter, not a platform id, so the key is a content
-hash of (platform, channel, userid/chatname + id, timestamp, text): a resend of the same
-message hashes the same, and a restarted extension's counter never collides with old keys.
+* by URL: `server_url = "wss://io.socialstream.ninja/join/SESSION/4"` (IN channel 4; an OUT
+  channel may follow). Kept for old settings, but it leaves the id in the config file;
+* by message (preferred): connect to `wss://io.socialstream.ninja` (or `/api`, `/dock`: any
+  path without `/join/`) and send `{"join": SESSION, "in": 4}`, with the session id from the
+  secret `ssn_session` (CAPTAFLOW_SSN_SESSION or the keyring). A secret given as a whole join
+  URL is accepted too. The id is never logged: status lines show `/join/***`.
+
+Messages are flat JSON objects (README "Message structure", docs/event-reference.html):
+`chatname` (display name), `chatmessage` (may hold HTML: emotes as `<img alt="...">`,
+escaped entities, unless `textonly`), `type` (the site: "youtube", "youtubeshorts",
+"twitch", "kick", "tiktok", ...), `userid`, `id` (an internal counter), `timestamp` (ms),
+`hasDonation`, `meta.messageId` (the site's own id, when known) and `event` for stream events.
+An `event` row is not chat (follows, viewer counts) except the paid messages that carry a
+viewer's words: `superchat`, `supersticker`, and `donation` rows with text (older builds
+sent Super Chats as `donation`). Some relays wrap the object as `{"overlayNinja": {...}}` or
+`{"content": {...}}`; both are unwrapped.
+
+Dedup key: the site's `meta.messageId` when present; else a content hash of (platform,
+channel, userid/chatname + id, timestamp, text), since SSN's `id` is a per-run counter.
 """
 
 from __future__ import annotations
@@ -24,22 +34,39 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urlsplit
 
-from websockets.asyncio.client import ClientConnection
-
 from agent.errors import SourceError
-from agent.sources.base import ChatSource, SecretSpec, SourceConfig, SourceDescriptor
-from agent.sources.jsonws import WebSocketJsonSource, platform_name, scalar_text, time_or
-from agent.vocab import ChatMessage, content_message_id, validate_name
+from agent.sources.base import (
+    ChatSource,
+    SecretSpec,
+    SourceConfig,
+    SourceDescriptor,
+    StatusCallback,
+)
+from agent.sources.entry import MAX_NAME, MAX_TEXT, clip, usable_id
+from agent.sources.jsonws import (
+    JsonSession,
+    Received,
+    platform_name,
+    safe_channel,
+    scalar_text,
+)
+from agent.sources.link import Problem, Ready, WebSocketLink
+from agent.vocab import ChatMessage, SourceStatus, content_message_id
 
 DEFAULT_URL = "wss://io.socialstream.ninja"
 CHAT_CHANNEL = 4
+VIA = "ssn"
+# `event` values of paid rows whose `chatmessage` is a viewer's own words.
+PAID_EVENTS = frozenset({"superchat", "supersticker", "donation"})
 
 _SPACES = re.compile(r"\s+")
+_SESSION = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 
 
 class _TextOfHtml(HTMLParser):
@@ -65,7 +92,9 @@ class _TextOfHtml(HTMLParser):
 def html_to_text(fragment: str) -> str:
     """Strip tags, keep emote alt texts, unescape entities, collapse whitespace."""
     if "<" not in fragment and "&" not in fragment:
-        return fragment.strip()
+        return _SPACES.sub(" ", fragment).strip()
+    # HTMLParser is linear, but a bridge may send megabytes: only so much can be chat.
+    fragment = fragment[: MAX_TEXT * 20]
     parser = _TextOfHtml()
     try:
         parser.feed(fragment)
@@ -83,29 +112,120 @@ def _unwrap(obj: Any) -> Any:
     return obj
 
 
-def parse_ssn_message(obj: Any, *, channel: str, received_at: float) -> ChatMessage | None:
+def is_viewer_text(obj: dict[str, Any]) -> bool:
+    """Plain chat rows, and the paid rows that carry the viewer's words."""
+    event = obj.get("event")
+    if not event:  # absent, false, "" or null: a chat row
+        return True
+    return isinstance(event, str) and event.strip().lower() in PAID_EVENTS
+
+
+def parse_ssn_message(
+    obj: Any, *, channel: str, received_at: float, received: Received | None = None
+) -> ChatMessage | None:
     """One Social Stream Ninja payload as a ChatMessage; None for events and non-chat."""
     obj = _unwrap(obj)
-    if not isinstance(obj, dict):
-        return None
-    if obj.get("event"):  # follows, viewer counts, donations-as-events: not chat
+    if not isinstance(obj, dict) or not is_viewer_text(obj):
         return None
     raw = scalar_text(obj.get("chatmessage"))
     if raw is None:
         return None
-    text = raw if obj.get("textonly") else html_to_text(raw)
+    text = raw.strip() if obj.get("textonly") is True else html_to_text(raw)
     if not text:
         return None
+    text = clip(text)
     platform = platform_name(obj.get("type"))
-    author = scalar_text(obj.get("chatname")) or ""
-    user_key = scalar_text(obj.get("userid")) or author
-    sent_at = time_or(obj.get("timestamp"), received_at)
+    name = clip(scalar_text(obj.get("chatname")) or "", MAX_NAME)
+    author = clip(scalar_text(obj.get("userid")) or name, MAX_NAME)
+    check = received or Received(received_at)
+    sent_at = check.time(obj.get("timestamp"))
+    meta = obj.get("meta")
+    native = usable_id(scalar_text(meta.get("messageId")) if isinstance(meta, dict) else None)
     raw_id = scalar_text(obj.get("id")) or scalar_text(obj.get("mid")) or ""
-    message_id = content_message_id(platform, channel, f"{user_key}\x1f{raw_id}", sent_at, text)
-    return ChatMessage(platform, channel, message_id, author, text, sent_at, received_at)
+    message_id = native or content_message_id(
+        platform, channel, f"{author}\x1f{raw_id[:100]}", sent_at, text
+    )
+    return ChatMessage(
+        platform,
+        channel,
+        message_id,
+        author,
+        text,
+        sent_at,
+        received_at,
+        author_name=name,
+        via=VIA,
+    )
 
 
-class SocialStreamSource(WebSocketJsonSource):
+def join_target(server_url: str, session: str | None) -> tuple[str, str | None, str]:
+    """(URL to connect to, session id to send in a join message or None, URL for logs).
+
+    A `/join/SESSION[/IN[/OUT]]` URL joins by itself (a missing IN channel is set to 4); any
+    other URL needs the session, sent as `{"join": SESSION, "in": 4}`."""
+    if session and "/join/" in session:
+        server_url, session = session, None  # a whole join URL stored as the secret
+    parts = urlsplit(server_url)
+    base = f"{parts.scheme}://{parts.netloc}"
+    segments = [s for s in parts.path.split("/") if s]
+    if "join" in segments and len(segments) > segments.index("join") + 1:
+        at = segments.index("join")
+        rest = segments[at + 2 :] or [str(CHAT_CHANNEL)]
+        path = "/".join([*segments[: at + 2], *rest])
+        shown_path = "/".join([*segments[:at], "join", "***", *rest])
+        return f"{base}/{path}", None, f"{base}/{shown_path}"
+    if not session:
+        raise SourceError(
+            "Social Stream Ninja needs your session id: run `captaflow secrets set ssn_session` "
+            "or set CAPTAFLOW_SSN_SESSION (it is in the dock.html link of Social Stream Ninja)"
+        )
+    if not _SESSION.fullmatch(session):
+        raise SourceError(
+            "the Social Stream Ninja session id has characters it never has: copy it again "
+            "from Social Stream Ninja (letters and digits)"
+        )
+    return server_url, session, server_url
+
+
+class SsnSession(JsonSession):
+    """One relay connection: the join message (if any), then chat rows."""
+
+    def __init__(
+        self, *, channel: str, session: str | None, in_channel: int | None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.channel = channel
+        if session is not None:
+            self.send(json.dumps({"join": session, "in": CHAT_CHANNEL}))
+        # The relay sends no welcome: once joined, all there is to wait for is chat.
+        self.emit(Ready("joined the Social Stream Ninja relay, waiting for chat"))
+        if in_channel is not None and in_channel != CHAT_CHANNEL:
+            self.emit(
+                Problem(
+                    f"the join URL listens on channel {in_channel}, but Social Stream Ninja "
+                    f"sends chat on channel {CHAT_CHANNEL}: end the URL with /join/SESSION/4"
+                )
+            )
+
+    def parse(self, value: Any, received: Received) -> Iterable[ChatMessage]:
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            message = parse_ssn_message(
+                item, channel=self.channel, received_at=received.at, received=received
+            )
+            if message is not None:
+                yield message
+
+
+def _in_channel(url: str) -> int | None:
+    segments = [s for s in urlsplit(url).path.split("/") if s]
+    if "join" in segments and len(segments) > segments.index("join") + 2:
+        value = segments[segments.index("join") + 2]
+        return int(value) if value.isdigit() and len(value) < 4 else None
+    return None
+
+
+class SocialStreamSource:
     name = "ssn"
 
     def __init__(
@@ -114,35 +234,42 @@ class SocialStreamSource(WebSocketJsonSource):
         channel: str,
         server_url: str | None = None,
         session: str | None = None,
-        **kwargs: Any,
+        on_status: StatusCallback | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        **link_options: Any,
     ) -> None:
-        url = server_url or DEFAULT_URL
-        joined_by_url = "/join/" in urlsplit(url).path
-        if not session and not joined_by_url:
-            raise SourceError(
-                "Social Stream Ninja needs your session id: set it as the source token "
-                "(Global settings > Session options in Social Stream Ninja)"
-            )
-        super().__init__(url, **kwargs)
-        self.channel = validate_name(channel or "socialstream")
-        self._session = session
-        self._join_by_message = not joined_by_url
+        url, join_session, shown = join_target(server_url or DEFAULT_URL, session)
+        self.url = url
+        self.channel = safe_channel(channel, "socialstream")
+        in_channel = _in_channel(url)
+        self.link = WebSocketLink(
+            name="ssn",
+            title="Social Stream Ninja",
+            url=url,
+            url_for_log=shown,
+            new_session=lambda: SsnSession(
+                channel=self.channel,
+                session=join_session,
+                in_channel=in_channel,
+                wall_clock=wall_clock,
+            ),
+            on_status=on_status,
+            refused_hint="is the relay address right?",
+            **link_options,
+        )
+        self.stats = self.link.stats
 
     def url_for_log(self) -> str:
-        # The session id may be in the URL path; it is a secret.
-        parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.netloc}" + ("/join/***" if "/join/" in parts.path else "")
+        return self.link.shown_url
 
-    async def on_open(self, ws: ClientConnection) -> None:
-        if self._join_by_message:
-            await ws.send(json.dumps({"join": self._session, "in": CHAT_CHANNEL}))
+    def status(self) -> SourceStatus:
+        return self.link.status()
 
-    def parse(self, value: Any, received_at: float) -> Iterable[ChatMessage]:
-        items = value if isinstance(value, list) else [value]
-        for item in items:
-            message = parse_ssn_message(item, channel=self.channel, received_at=received_at)
-            if message is not None:
-                yield message
+    def messages(self) -> AsyncIterator[ChatMessage]:
+        return self.link.messages()
+
+    async def close(self) -> None:
+        await self.link.close()
 
 
 # ----------------------------------------------------------------------------- descriptor

@@ -1,63 +1,101 @@
 """Streamer.bot's WebSocket server: chat from Twitch, YouTube, Kick and Trovo through the app
 many streamers already run (default ws://127.0.0.1:8080/).
 
-Protocol (docs.streamer.bot, "WebSocket Server"): on connect the server sends a `Hello`
-request; when a password is set it carries `authentication.salt` and `.challenge`, and we
-answer `{"request": "Authenticate", "id": ..., "authentication": base64(sha256(
-base64(sha256(password + salt)) + challenge))}`. We then send `{"request": "Subscribe",
-"id": ..., "events": {"Twitch": ["ChatMessage", ...], ...}}`, and events arrive as
-`{"timeStamp": ISO 8601, "event": {"source": "Twitch", "type": "ChatMessage"}, "data": {...}}`.
+Handshake, as Streamer.bot's documentation (https://docs.streamer.bot/api/websocket, guide
+"Authentication" and the "Requests" reference) and its official client
+(github.com/Streamerbot/client, packages/client/src/ws/StreamerbotClient.ts: handshake(),
+authenticate(), subscribe()) describe it:
 
-Chat payloads read (field names from the published event schemas):
+1. On connect the server sends `{"request": "Hello", "info": {...}, "timestamp", "session"}`,
+   with `"authentication": {"salt", "challenge"}` when Authentication is on.
+2. With a password we send `{"request": "Authenticate", "id", "authentication":
+   base64(sha256(base64(sha256(password + salt)) + challenge))}` and wait for its reply
+   (`{"status": "ok" | "error", "id"}`); "error" means a wrong password: the source stops.
+3. Without a password we do what the official client does: ask `GetInfo`; "ok" means
+   authentication is on but not enforced (Streamer.bot's default: "Enforce" off), so we go on
+   unauthenticated; "error" means Enforce is on: the source stops, saying how to set one.
+4. Only then `{"request": "Subscribe", "id", "events": {...}}`; an "error" reply, or a reply
+   that leaves out events we asked for, is a visible status problem, not silence.
+   A server older than 0.2.5 sends no Hello: after `HELLO_TIMEOUT` we subscribe anyway.
 
-* Twitch.ChatMessage: `data.messageId`, `data.text`, `data.user.{login,name,id}`,
-  `data.meta.isMe` (Streamer.bot 0.2.5+/1.0); older versions nest `data.message.{msgId,
-  username, displayName, userId, message, isMe}`. Both are accepted.
-* YouTube.Message: `data.eventId`, `data.message`, `data.publishedAt`, `data.user.{id,name}`.
-* Kick.ChatMessage and Trovo.ChatMessage: `data.messageId`, `data.text`,
-  `data.user.{login,name,id}`.
+Events arrive as `{"timeStamp", "event": {"source", "type"}, "data"}` (guide "Receiving
+Events"). Event names are those of the official client's list (events.const.ts). Payloads
+read (client types twitch.types.ts/youtube.types.ts, the docs' trigger variables, and overlays
+built on Streamer.bot such as ChatRD's modules):
 
-Where a field is missing we fall back to the others' names, then to a content hash for the id
-and the event's `timeStamp` for the time. Moderation (Twitch ChatMessageDeleted, UserBanned,
-UserTimedOut; YouTube MessageDeleted, UserBanned) is passed to `on_moderation`; those payloads
-have no published schema, so they are read tolerantly (`messageId`/`targetMessageId`,
-`user_login`/`user.login`) and skipped when nothing usable is found.
+* Twitch.ChatMessage / Announcement: `data.messageId`, `data.text`, `data.user.{id,login,
+  name}`, `data.meta.isMe`; Streamer.bot before 0.2.5 nests `data.message.{msgId, userId,
+  username, displayName, message, isMe}`. Both are read.
+* YouTube.Message / SuperChat: `data.eventId`, `data.message`, `data.publishedAt`,
+  `data.user.{id,name}`; SuperSticker: the same with `stickerAltText` when no message.
+* Kick.ChatMessage, Trovo.ChatMessage: `data.messageId`, `data.text`, `data.user.{id,login,
+  name}`.
+* Moderation: Twitch.ChatMessageDeleted `data.targetMessageId`; Twitch.UserBanned /
+  UserTimedOut `data.target_user_id`, `data.target_user_login`; YouTube.MessageDeleted
+  `data.messageId`/`eventId`; YouTube.UserBanned (bans and timeouts, `banType`)
+  `data.targetUser.id` or `data.user.id`; Kick.UserBanned / UserTimedOut `data.user.{id,
+  login,name}`.
+
+Author key (the one rule, see `irc.chat_message`): the platform's user id where the event
+has one, else the lower-cased login, for chat and moderation alike, so a ban removes exactly
+that viewer's messages. `ChatMessage.platform` is the chat's platform, `.via` "streamerbot".
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from enum import Enum
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection
-
-from agent.errors import SourceError
-from agent.sources.base import ChatSource, SecretSpec, SourceConfig, SourceDescriptor
-from agent.sources.jsonws import WebSocketJsonSource, get_path, platform_name, scalar_text, time_or
-from agent.vocab import ChatMessage, ModerationEvent, content_message_id, validate_name
+from agent.sources.base import (
+    ChatSource,
+    ModerationCallback,
+    SecretSpec,
+    SourceConfig,
+    SourceDescriptor,
+    StatusCallback,
+)
+from agent.sources.entry import MAX_NAME, clip, usable_id
+from agent.sources.jsonws import (
+    JsonSession,
+    Received,
+    get_path,
+    platform_name,
+    safe_channel,
+    scalar_text,
+)
+from agent.sources.link import Fatal, Problem, Ready, WebSocketLink
+from agent.vocab import ChatMessage, ModerationEvent, SourceStatus, content_message_id
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "ws://127.0.0.1:8080/"
+VIA = "streamerbot"
 
+# Viewer text on every platform Streamer.bot serves (names from the official client's list).
 CHAT_EVENTS: dict[str, tuple[str, ...]] = {
-    "Twitch": ("ChatMessage",),
-    "YouTube": ("Message",),
+    "Twitch": ("ChatMessage", "Announcement"),
+    "YouTube": ("Message", "SuperChat", "SuperSticker"),
     "Kick": ("ChatMessage",),
     "Trovo": ("ChatMessage",),
 }
 MODERATION_EVENTS: dict[str, tuple[str, ...]] = {
     "Twitch": ("ChatMessageDeleted", "UserBanned", "UserTimedOut"),
-    "YouTube": ("MessageDeleted", "UserBanned"),
+    "YouTube": ("MessageDeleted", "UserBanned"),  # UserBanned carries timeouts (banType)
+    "Kick": ("UserBanned", "UserTimedOut"),
 }
 SUBSCRIBE_ID = "captaflow-subscribe"
 AUTH_ID = "captaflow-auth"
+INFO_ID = "captaflow-info"
 HELLO_TIMEOUT = 3.0
+SET_PASSWORD = (
+    "run `captaflow secrets set streamerbot_password` (or set CAPTAFLOW_STREAMERBOT_PASSWORD)"
+)
 
 
 def subscribe_request() -> dict[str, Any]:
@@ -82,12 +120,20 @@ def _first_text(data: Any, *paths: str) -> str | None:
     return None
 
 
-def parse_streamerbot_event(obj: Any, *, channel: str, received_at: float) -> ChatMessage | None:
+def _event_kind(obj: Any) -> tuple[str, str]:
+    return (
+        scalar_text(get_path(obj, "event.source")) or "",
+        scalar_text(get_path(obj, "event.type")) or "",
+    )
+
+
+def parse_streamerbot_event(
+    obj: Any, *, channel: str, received_at: float, received: Received | None = None
+) -> ChatMessage | None:
     """A Streamer.bot chat event as a ChatMessage; None for any other event or response."""
     if not isinstance(obj, dict):
         return None
-    source = scalar_text(get_path(obj, "event.source")) or ""
-    kind = scalar_text(get_path(obj, "event.type")) or ""
+    source, kind = _event_kind(obj)
     if kind not in CHAT_EVENTS.get(source, ()):
         return None
     data = obj.get("data")
@@ -96,58 +142,210 @@ def parse_streamerbot_event(obj: Any, *, channel: str, received_at: float) -> Ch
     nested = data.get("message")
     legacy: dict[str, Any] = nested if isinstance(nested, dict) else {}
     text = _first_text(data, "text") or scalar_text(legacy.get("message"))
-    if text is None and isinstance(data.get("message"), str):
-        text = data["message"]  # YouTube.Message
+    if text is None and isinstance(nested, str):
+        text = nested  # YouTube: `message` is the text itself
+    if not text and kind == "SuperSticker":
+        text = _first_text(data, "stickerAltText", "sticker.altText")
     if not text or not text.strip():
         return None
+    text = clip(text)
     platform = platform_name(source)
-    author = (
-        _first_text(data, "user.login", "user.name", "user.display")
+    login = (
+        _first_text(data, "user.login", "user.userName", "userName")
         or scalar_text(legacy.get("username"))
+        or _first_text(data, "user.name", "user.display")
         or scalar_text(legacy.get("displayName"))
         or ""
     )
-    if platform == "twitch" or platform == "kick":
-        author = author.lower()  # logins are lower-case; display names may not be
-    sent_at = time_or(
-        _first_text(data, "publishedAt", "sentAt") or obj.get("timeStamp"), received_at
-    )
-    message_id = (
-        _first_text(data, "messageId", "eventId", "msgId", "id")
+    if platform in ("twitch", "kick", "trovo"):
+        login = login.lower()  # logins are lower-case; display names may not be
+    user_id = _first_text(data, "user.id", "userId") or scalar_text(legacy.get("userId"))
+    author = clip(user_id or login, MAX_NAME)
+    check = received or Received(received_at)
+    sent_at = check.time(_first_text(data, "publishedAt", "sentAt") or obj.get("timeStamp"))
+    message_id = usable_id(
+        _first_text(data, "messageId", "eventId", "msgId")
         or scalar_text(legacy.get("msgId"))
-        or content_message_id(platform, channel, author, sent_at, text)
-    )
+        or _first_text(data, "id")
+    ) or content_message_id(platform, channel, author, sent_at, text)
     action = bool(get_path(data, "meta.isMe") or legacy.get("isMe") or data.get("action"))
-    return ChatMessage(platform, channel, message_id, author, text, sent_at, received_at, action)
+    return ChatMessage(
+        platform,
+        channel,
+        message_id,
+        author,
+        text,
+        sent_at,
+        received_at,
+        action,
+        author_name=clip(login, MAX_NAME),
+        via=VIA,
+    )
 
 
 def parse_streamerbot_moderation(
-    obj: Any, *, channel: str, received_at: float
+    obj: Any, *, channel: str, received_at: float, received: Received | None = None
 ) -> ModerationEvent | None:
     """A deleted message or a banned/timed-out user, if the event is one and names a target."""
     if not isinstance(obj, dict):
         return None
-    source = scalar_text(get_path(obj, "event.source")) or ""
-    kind = scalar_text(get_path(obj, "event.type")) or ""
+    source, kind = _event_kind(obj)
     if kind not in MODERATION_EVENTS.get(source, ()):
         return None
-    data = obj.get("data") if isinstance(obj.get("data"), dict) else {}
-    at = time_or(obj.get("timeStamp"), received_at)
+    raw = obj.get("data")
+    data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    check = received or Received(received_at)
+    at = check.time(obj.get("timeStamp"))
     platform = platform_name(source)
     if kind.endswith("Deleted"):
-        target = _first_text(data, "messageId", "targetMessageId", "message_id", "eventId")
+        target = usable_id(
+            _first_text(data, "targetMessageId", "messageId", "eventId", "message_id")
+        )
         if target is None:
             return None
         return ModerationEvent(platform, channel, "clearmsg", target, None, at)
+    user_id = _first_text(data, "target_user_id", "targetUser.id", "user.id", "userId")
     login = _first_text(
-        data, "user_login", "user.login", "target_user_login", "bannedUser.login", "user.name"
+        data, "target_user_login", "targetUser.login", "user.login", "user.name", "userName"
     )
-    if login is None:
+    author = user_id or (login.lower() if login else None)
+    if author is None:
         return None
-    return ModerationEvent(platform, channel, "clearchat", None, login.lower(), at)
+    return ModerationEvent(platform, channel, "clearchat", None, clip(author, MAX_NAME), at)
 
 
-class StreamerbotSource(WebSocketJsonSource):
+# --------------------------------------------------------------------------- the session
+
+
+class _Step(Enum):
+    HELLO = "waiting for Hello"
+    AUTHENTICATE = "waiting for the Authenticate reply"
+    INFO = "waiting for the GetInfo reply"
+    SUBSCRIBE = "waiting for the Subscribe reply"
+    READING = "reading"
+
+
+class StreamerbotSession(JsonSession):
+    """One connection's handshake (see the module doc) and event parsing, without I/O."""
+
+    def __init__(
+        self,
+        *,
+        channel: str,
+        password: str | None,
+        now: float,
+        wall_clock: Callable[[], float] = time.time,
+        hello_timeout: float = HELLO_TIMEOUT,
+    ) -> None:
+        super().__init__(wall_clock=wall_clock)
+        self.channel = channel
+        self._password = password
+        self.step = _Step.HELLO
+        self._hello_deadline = now + hello_timeout
+        self.version = ""
+
+    def tick(self, now: float) -> None:
+        if self.step is _Step.HELLO and now >= self._hello_deadline:
+            # Servers before 0.2.5 send no Hello and know no authentication.
+            self._subscribe()
+
+    def _subscribe(self) -> None:
+        self.step = _Step.SUBSCRIBE
+        self.send(json.dumps(subscribe_request()))
+
+    def _on_hello(self, hello: dict[str, Any]) -> None:
+        info = hello.get("info")
+        self.version = str(get_path(info, "version") or "")
+        auth = hello.get("authentication")
+        if not (isinstance(auth, dict) and auth.get("salt") and auth.get("challenge")):
+            self._subscribe()
+        elif self._password:
+            self.step = _Step.AUTHENTICATE
+            answer = authentication_string(
+                self._password, str(auth["salt"]), str(auth["challenge"])
+            )
+            self.send(
+                json.dumps({"request": "Authenticate", "id": AUTH_ID, "authentication": answer})
+            )
+        else:
+            # As the official client: GetInfo tells whether authentication is enforced.
+            self.step = _Step.INFO
+            self.send(json.dumps({"request": "GetInfo", "id": INFO_ID}))
+
+    def _on_reply(self, reply: dict[str, Any]) -> None:
+        ok = str(reply.get("status", "")).lower() == "ok"
+        error = scalar_text(reply.get("error")) or "no reason given"
+        request_id = reply.get("id")
+        if request_id == AUTH_ID and self.step is _Step.AUTHENTICATE:
+            if not ok:
+                self.emit(
+                    Fatal(f"Streamer.bot refused the WebSocket password ({error}): {SET_PASSWORD}")
+                )
+                return
+            self._subscribe()
+        elif request_id == INFO_ID and self.step is _Step.INFO:
+            if not ok:
+                self.emit(
+                    Fatal(
+                        "Streamer.bot's WebSocket server requires a password (Authentication "
+                        f"with Enforce on): {SET_PASSWORD}"
+                    )
+                )
+                return
+            self._subscribe()
+        elif request_id == SUBSCRIBE_ID and self.step is _Step.SUBSCRIBE:
+            self.step = _Step.READING
+            version = f" {self.version}" if self.version else ""
+            self.emit(Ready(f"reading chat events from Streamer.bot{version}"))
+            if not ok:
+                self.emit(
+                    Problem(
+                        f"Streamer.bot refused the chat subscription ({error}): update "
+                        "Streamer.bot, or check its WebSocket server settings"
+                    )
+                )
+                return
+            self.emit(Problem(self._missing(reply.get("events"))))
+
+    @staticmethod
+    def _missing(granted: Any) -> str:
+        """A problem line for events asked for but not granted ("" if all were)."""
+        if not isinstance(granted, dict):
+            return ""
+        missing = [
+            f"{source}.{kind}"
+            for source, kinds in subscribe_request()["events"].items()
+            for kind in kinds
+            if kind not in (granted.get(source) or ())
+        ]
+        if not missing:
+            return ""
+        shown = ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else "")
+        return f"Streamer.bot did not subscribe {shown}: update Streamer.bot to read them"
+
+    def parse(self, value: Any, received: Received) -> Iterable[ChatMessage | ModerationEvent]:
+        if not isinstance(value, dict):
+            return
+        if value.get("request") == "Hello" and self.step is _Step.HELLO:
+            self._on_hello(value)
+            return
+        if "status" in value and value.get("id") in (AUTH_ID, INFO_ID, SUBSCRIBE_ID):
+            self._on_reply(value)
+            return
+        message = parse_streamerbot_event(
+            value, channel=self.channel, received_at=received.at, received=received
+        )
+        if message is not None:
+            yield message
+            return
+        event = parse_streamerbot_moderation(
+            value, channel=self.channel, received_at=received.at, received=received
+        )
+        if event is not None:
+            yield event
+
+
+class StreamerbotSource:
     name = "streamerbot"
 
     def __init__(
@@ -156,62 +354,49 @@ class StreamerbotSource(WebSocketJsonSource):
         channel: str,
         server_url: str | None = None,
         password: str | None = None,
-        on_moderation: Callable[[Any], None] | None = None,
-        **kwargs: Any,
+        on_status: StatusCallback | None = None,
+        on_moderation: ModerationCallback | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        hello_timeout: float = HELLO_TIMEOUT,
+        **link_options: Any,
     ) -> None:
-        super().__init__(server_url or DEFAULT_URL, **kwargs)
-        self.channel = validate_name(channel or "streamerbot")
-        self._password = password
-        self._on_moderation = on_moderation
+        self.channel = safe_channel(channel, "streamerbot")
+        self._hello_timeout = hello_timeout
+        self.url = server_url or DEFAULT_URL
+        self._password = password or None
+        self._wall = wall_clock
+        self._clock = clock
+        self.link = WebSocketLink(
+            name="streamerbot",
+            title="Streamer.bot",
+            url=self.url,
+            new_session=self._new_session,
+            on_status=on_status,
+            on_moderation=on_moderation,
+            refused_hint="is it running with its WebSocket server on?",
+            clock=clock,
+            **link_options,
+        )
+        self.stats = self.link.stats
 
-    async def on_open(self, ws: ClientConnection) -> None:
-        hello: Any = None
-        try:
-            first = await asyncio.wait_for(ws.recv(), HELLO_TIMEOUT)
-            hello = json.loads(first)
-        except TimeoutError:
-            pass  # servers before the Hello message start silent
-        except ValueError:
-            self.stats.malformed += 1
-        if isinstance(hello, dict) and hello.get("request") == "Hello":
-            auth = hello.get("authentication")
-            if isinstance(auth, dict) and auth.get("salt") and auth.get("challenge"):
-                if not self._password:
-                    raise SourceError(
-                        "Streamer.bot's WebSocket server asks for a password: set it as the "
-                        "source token, or turn authentication off in Streamer.bot"
-                    )
-                await ws.send(
-                    json.dumps(
-                        {
-                            "request": "Authenticate",
-                            "id": AUTH_ID,
-                            "authentication": authentication_string(
-                                self._password, str(auth["salt"]), str(auth["challenge"])
-                            ),
-                        }
-                    )
-                )
-        elif hello is not None:
-            await self._handle_frame(first)
-        await ws.send(json.dumps(subscribe_request()))
+    def _new_session(self) -> StreamerbotSession:
+        return StreamerbotSession(
+            channel=self.channel,
+            password=self._password,
+            now=self._clock(),
+            wall_clock=self._wall,
+            hello_timeout=self._hello_timeout,
+        )
 
-    def parse(self, value: Any, received_at: float) -> Iterable[ChatMessage]:
-        if isinstance(value, dict) and value.get("id") in (AUTH_ID, SUBSCRIBE_ID):
-            if str(value.get("status", "ok")).lower() != "ok":
-                if value.get("id") == AUTH_ID:
-                    raise SourceError(
-                        "Streamer.bot refused the WebSocket password: check the source token"
-                    )
-                log.warning("Streamer.bot refused part of the subscription: %s", value)
-            return
-        message = parse_streamerbot_event(value, channel=self.channel, received_at=received_at)
-        if message is not None:
-            yield message
-            return
-        event = parse_streamerbot_moderation(value, channel=self.channel, received_at=received_at)
-        if event is not None and self._on_moderation is not None:
-            self._on_moderation(event)
+    def status(self) -> SourceStatus:
+        return self.link.status()
+
+    def messages(self) -> AsyncIterator[ChatMessage]:
+        return self.link.messages()
+
+    async def close(self) -> None:
+        await self.link.close()
 
 
 # ----------------------------------------------------------------------------- descriptor

@@ -1,48 +1,51 @@
-"""Twitch chat over WebSocket: a thin asyncio shell around `irc.TwitchChatProtocol`.
+"""Twitch chat over WebSocket: `irc.TwitchChatProtocol` in the shared link shell.
 
 All chat logic (login, PING/PONG, keepalive deadlines, parsing) lives in the sans-I/O protocol
-object; all "when to connect again" logic lives in `reconnect.ReconnectPolicy`. This module
-only moves text between them and a `websockets` connection, and sleeps.
+object; connecting, reading, backpressure and retrying live in `agent.sources.link`. This
+module adapts one to the other (`TwitchSession`) and handles the token:
 
-Tasks per link::
+* anonymous read-only login by default (`justinfan<digits>`, no token needed);
+* with a token (`CAPTAFLOW_TWITCH_TOKEN` or the keyring's `twitch_token`), before the first
+  connection it asks Twitch's validation endpoint (`validate_url`, default
+  https://id.twitch.tv/oauth2/validate; a setting so tests point it at 127.0.0.1) who the
+  token belongs to, its scopes and its expiry (https://dev.twitch.tv/docs/authentication/
+  validate-tokens/: `GET` with `Authorization: OAuth <token>`; 200 gives `{"client_id",
+  "login", "scopes", "user_id", "expires_in"}`, 401 `{"status": 401, "message": "invalid
+  access token"}`). The login is `source.login` when set, else the token's;
+* an expired or revoked token (401 there, or "Login authentication failed" from the chat
+  server) is one clear line in `status().problem`, and the source goes on reading the same
+  channel anonymously rather than stopping. A token without the `chat:read` scope too.
 
-    reader     ws.recv() -> protocol.receive_text() -> PONGs sent at once,
-               chat messages -> bounded queue -> messages() -> the consumer
-    keepalive  every tick_interval: protocol.tick() -> our PING, or "link dead" -> close
-
-Backpressure: the queue holds up to `queue_size` messages. When a slow consumer lets it
-fill, the reader waits before reading the socket again, so nothing is dropped (websockets and
-TCP then hold the rest). The keepalive task keeps running meanwhile but skips its dead-link
-verdict while the reader is held back: a link with unread data is not dead.
-
-Failures and what follows:
-
-* connect errors, dropped links, close 1009 (frame over `max_frame_bytes`), close 1007
-  (invalid UTF-8 in a text frame), keepalive timeouts: reconnect after the policy's backoff;
-* Twitch's RECONNECT: reconnect at once (still within the attempt budget);
-* login refused or channel suspended: status FAILED and `messages()` raises `SourceError`.
+Failures of the link (unreachable, dropped, close 1009/1007, keepalive timeouts) are retried
+by the shell; Twitch's RECONNECT reconnects at once; a suspended channel stops the source.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import (
-    ConnectionClosed,
-    InvalidURI,
-    WebSocketException,
-)
+from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
 from agent import checks
 from agent.errors import SourceError
-from agent.sources.base import ChatSource, SecretSpec, SettingSpec, SourceConfig, SourceDescriptor
+from agent.sources.base import (
+    ChatSource,
+    ModerationCallback,
+    SecretSpec,
+    SettingSpec,
+    SourceConfig,
+    SourceDescriptor,
+    StatusCallback,
+)
 from agent.sources.irc import (
     DEFAULT_PING_INTERVAL,
     DEFAULT_PONG_TIMEOUT,
@@ -51,61 +54,192 @@ from agent.sources.irc import (
     LinkDead,
     LoginFailed,
     MalformedLine,
-    ModerationEvent,
-    Reconnect,
     TwitchChatProtocol,
     mask_secret_line,
 )
-from agent.sources.reconnect import ReconnectPolicy
-from agent.vocab import ChatMessage, SourceState, SourceStatus, validate_name
+from agent.sources.irc import Reconnect as IrcReconnect
+from agent.sources.link import (
+    Dead,
+    Fatal,
+    Ready,
+    Reconnect,
+    Skipped,
+    WebSocketLink,
+    default_delays,
+)
+from agent.vocab import ChatMessage, SourceStatus, validate_name
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SERVER_URL = "wss://irc-ws.chat.twitch.tv:443"
-CLOSE_MESSAGE_TOO_BIG = 1009
-CLOSE_INVALID_DATA = 1007
-_LOGGED_MALFORMED_PER_LINK = 5
+VALIDATE_URL = "https://id.twitch.tv/oauth2/validate"
+VALIDATE_DEADLINE = 10.0  # seconds for the whole validation request, not per read
+CHAT_SCOPE = "chat:read"
 
 
-@dataclass(slots=True)
-class _LinkOutcome:
-    """How one link ended, filled in by whichever task noticed first."""
-
-    reason: str | None = None
-    reconnect_now: bool = False
-    fatal: str | None = None
+# ------------------------------------------------------------------------ token check
 
 
-class _EndOfLink:
-    pass
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    login: str
+    scopes: tuple[str, ...]
+    expires_in: int  # seconds; 0 = the token does not expire
 
 
-_END = _EndOfLink()
+@dataclass(frozen=True, slots=True)
+class TokenRefused:
+    reason: str
 
 
-def describe_close(exc: ConnectionClosed) -> str:
-    """One line for the log and the tray saying why a link closed."""
-    frame = exc.sent if exc.sent is not None else exc.rcvd
-    code = frame.code if frame is not None else 1006
-    if code == CLOSE_MESSAGE_TOO_BIG:
-        return "the server sent a frame larger than the limit (close 1009)"
-    if code == CLOSE_INVALID_DATA:
-        return "the server sent invalid UTF-8 (close 1007)"
-    if frame is None:
-        return "the connection dropped without a close frame"
-    who = "we closed" if exc.sent is not None and exc.rcvd is None else "server closed"
-    detail = f": {frame.reason}" if frame.reason else ""
-    return f"{who} the connection (close {code}{detail})"
+def read_validation(status: int, body: bytes) -> TokenInfo | TokenRefused | None:
+    """Twitch's validation answer as data; None when it says nothing usable (a 5xx, junk)."""
+    if status == 401:
+        try:
+            message = str(json.loads(body).get("message") or "invalid access token")
+        except (ValueError, AttributeError):
+            message = "invalid access token"
+        return TokenRefused(message[:120])
+    if status != 200:
+        return None
+    try:
+        data = json.loads(body)
+        login = validate_name(str(data["login"]), "Twitch login")
+        scopes = tuple(str(scope) for scope in data.get("scopes") or ())
+        expires_in = int(data.get("expires_in") or 0)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return TokenInfo(login, scopes, max(0, expires_in))
+
+
+def _get_validation(url: str, token: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        url, headers={"Authorization": f"OAuth {token}", "User-Agent": "CaptaFlow"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=VALIDATE_DEADLINE) as response:
+            return response.status, response.read(65536)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(65536)
+
+
+async def validate_token(url: str, token: str) -> TokenInfo | TokenRefused | None:
+    """Ask Twitch about a token; None when the endpoint cannot be reached or answers junk.
+
+    The whole request has one deadline (the socket timeout alone restarts on every byte)."""
+    bare = token.removeprefix("oauth:")
+    try:
+        status, body = await asyncio.wait_for(
+            asyncio.to_thread(_get_validation, url, bare), VALIDATE_DEADLINE + 1
+        )
+    except (OSError, TimeoutError, ValueError) as exc:
+        log.info("twitch: token check at %s failed: %s", url, type(exc).__name__)
+        return None
+    return read_validation(status, body)
+
+
+def say_expiry(seconds: int) -> str:
+    if seconds <= 0:
+        return "does not expire"
+    hours, rest = divmod(seconds, 3600)
+    if hours >= 48:
+        return f"expires in {hours // 24} days"
+    return f"expires in {hours} h {rest // 60} min" if hours else f"expires in {rest // 60} min"
+
+
+# --------------------------------------------------------------------------- the session
+
+
+class TwitchSession:
+    """A `link.Session` over one `TwitchChatProtocol`: frames in, IRC events translated."""
+
+    def __init__(
+        self,
+        protocol: TwitchChatProtocol,
+        *,
+        logged_in_as: str | None,
+        on_token_refused: Callable[[str], None],
+        stats: dict[str, int],
+    ) -> None:
+        self.protocol = protocol
+        self._logged_in_as = logged_in_as
+        self._on_token_refused = on_token_refused
+        self._stats = stats
+        self._events: list[Any] = []
+
+    @property
+    def times_replaced(self) -> int:
+        return self.protocol.stats["times_replaced"]
+
+    def data_to_send(self) -> list[str]:
+        lines = self.protocol.data_to_send()
+        if log.isEnabledFor(logging.DEBUG):
+            for line in lines:
+                log.debug("twitch > %s", mask_secret_line(line))
+        return [line + "\r\n" for line in lines]
+
+    def receive_frame(self, frame: str | bytes) -> None:
+        if isinstance(frame, bytes):
+            # Twitch sends text frames; a binary one is decoded leniently, not fatal.
+            self._stats["binary_frames"] += 1
+            frame = frame.decode("utf-8", errors="replace")
+        self.protocol.receive_text(frame)
+        self._translate()
+
+    def tick(self, now: float) -> None:
+        self.protocol.tick(now)
+        self._translate()
+
+    def events_received(self) -> list[Any]:
+        out, self._events = self._events, []
+        return out
+
+    def _translate(self) -> None:
+        channel = self.protocol.channel
+        for event in self.protocol.events_received():
+            if isinstance(event, Joined):
+                who = f" as {self._logged_in_as}" if self._logged_in_as else ""
+                self._events.append(Ready(f"reading #{event.channel}{who}"))
+            elif isinstance(event, IrcReconnect):
+                self._events.append(Reconnect("Twitch asked to reconnect (RECONNECT)"))
+            elif isinstance(event, LoginFailed):
+                if self._logged_in_as:
+                    self._on_token_refused(event.reason)
+                    self._events.append(Reconnect(f"Twitch refused the token: {event.reason}"))
+                else:
+                    self._events.append(
+                        Fatal(f"Twitch refused the anonymous login: {event.reason}")
+                    )
+            elif isinstance(event, JoinFailed):
+                self._events.append(
+                    Fatal(
+                        f"cannot read Twitch channel #{event.channel}: {event.reason}; "
+                        "check the channel name"
+                    )
+                )
+            elif isinstance(event, LinkDead):
+                self._events.append(
+                    Dead("no data from Twitch, even after a keepalive PING")
+                    if self.protocol.stats["lines"]
+                    else Dead(f"Twitch sent nothing after joining #{channel}")
+                )
+            elif isinstance(event, MalformedLine):
+                self._stats["malformed_lines"] += 1
+                self._events.append(Skipped(event.error))
+            else:  # ChatMessage, ModerationEvent
+                self._events.append(event)
+
+
+# ---------------------------------------------------------------------------- the source
 
 
 class TwitchSource:
     """Live Twitch chat of one channel; reconnects by itself until `close()`.
 
     `server_url` None means Twitch's own server. Anonymous read-only login by default; with
-    `token` (an OAuth token for the chat scope) `nick` must be that account's login.
-    Iterate `messages()` once; it raises `SourceError` only when retrying cannot help
-    (login refused, channel suspended).
-    """
+    `token` (an OAuth token with chat:read) the login is `nick` or, when None, the token's own
+    (asked of `validate_url`). Iterate `messages()` once; it raises `SourceError` only when
+    retrying cannot help (a suspended channel, a refused anonymous login)."""
 
     name = "twitch"
 
@@ -116,10 +250,12 @@ class TwitchSource:
         server_url: str | None = None,
         token: str | None = None,
         nick: str | None = None,
+        validate_url: str = VALIDATE_URL,
         max_frame_bytes: int = 64 * 1024,
-        on_status: Callable[[SourceStatus], None] | None = None,
-        on_moderation: Callable[[ModerationEvent], None] | None = None,
-        policy: ReconnectPolicy | None = None,
+        on_status: StatusCallback | None = None,
+        on_moderation: ModerationCallback | None = None,
+        delays: Callable[[], Iterator[float]] = default_delays,
+        stable_after: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         ping_interval: float = DEFAULT_PING_INTERVAL,
@@ -134,11 +270,8 @@ class TwitchSource:
         except ValueError as exc:
             raise SourceError(str(exc)) from None
         self._token = token.strip() if token and token.strip() else None
-        if self._token is not None and self._nick is None:
-            raise SourceError(
-                "a Twitch OAuth token needs the account's login as nick: set it, "
-                "or remove the token to read the chat anonymously"
-            )
+        self._validate_url = validate_url or VALIDATE_URL
+        self._checked = self._token is None  # the token is asked about once, when present
         server_url = server_url or DEFAULT_SERVER_URL
         try:
             parse_uri(server_url)
@@ -148,276 +281,114 @@ class TwitchSource:
                 f"wss://host:port (the default is {DEFAULT_SERVER_URL})"
             ) from None
         self.server_url = server_url
-        self._max_frame_bytes = max_frame_bytes
-        self._on_status = on_status
-        self._on_moderation = on_moderation
-        self._policy = policy or ReconnectPolicy()
-        self._clock = clock
         self._wall_clock = wall_clock
+        self._clock = clock
         self._ping_interval = ping_interval
         self._pong_timeout = pong_timeout
-        self._tick_interval = tick_interval
-        self._open_timeout = open_timeout
-        self._queue_size = queue_size
-        self._status = SourceStatus(SourceState.STOPPED)
-        self._closing = asyncio.Event()
-        self._ws: ClientConnection | None = None
-        self._running = False
-        self._backpressured = False
-        self.stats = {
-            "connects": 0,
-            "attempts": 0,
-            "links_lost": 0,
-            "reconnect_requests": 0,
-            "oversized_frames": 0,
-            "invalid_utf8": 0,
-            "binary_frames": 0,
-            "malformed_lines": 0,
-            "messages": 0,
-            "moderation_events": 0,
-        }
+        self.token_info: TokenInfo | None = None
+        self.link = WebSocketLink(
+            name="twitch",
+            title="Twitch",
+            url=server_url,
+            new_session=self._new_session,
+            on_status=on_status,
+            on_moderation=on_moderation,
+            prepare=self._check_token,
+            max_size=max_frame_bytes,
+            open_timeout=open_timeout,
+            ping_interval=None,  # our IRC-level keepalive watches the chat itself
+            ping_timeout=None,
+            compression=None,
+            tick_interval=tick_interval,
+            queue_size=queue_size,
+            stable_after=stable_after,
+            delays=delays,
+            clock=clock,
+        )
+        self.stats = self.link.stats
+        self.stats.update(binary_frames=0, malformed_lines=0)
 
-    # -- ChatSource interface
+    # -- ChatSource
 
     def status(self) -> SourceStatus:
-        # One immutable object swapped by assignment: safe to read from the tray's thread.
-        return self._status
+        return self.link.status()
+
+    def messages(self) -> AsyncIterator[ChatMessage]:
+        return self.link.messages()
 
     async def close(self) -> None:
-        """Stop: end `messages()` promptly and close the link. Safe to call twice."""
-        self._closing.set()
-        ws = self._ws
-        if ws is not None:
-            await ws.close()
+        await self.link.close()
 
-    async def messages(self) -> AsyncIterator[ChatMessage]:
-        """Chat messages as they arrive, across reconnects, until `close()`."""
-        if self._running:
-            raise RuntimeError("TwitchSource.messages() is already being iterated")
-        self._running = True
-        immediate = False
-        last_reason = "starting"
-        try:
-            while not self._closing.is_set():
-                delay = self._policy.next_delay(self._clock(), immediate=immediate)
-                if delay > 0:
-                    self._set_status(
-                        SourceState.RECONNECTING,
-                        f"reconnecting in {delay:.1f} s ({last_reason})",
-                        retry_in=delay,
-                    )
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._closing.wait(), delay)
-                    if self._closing.is_set():
-                        break
-                outcome = _LinkOutcome()
-                async for message in self._run_link(outcome):
-                    yield message
-                if outcome.fatal is not None:
-                    self._set_status(SourceState.FAILED, outcome.fatal)
-                    raise SourceError(outcome.fatal)
-                immediate = outcome.reconnect_now
-                last_reason = outcome.reason or "link ended"
-        finally:
-            self._running = False
-            if self._status.state is not SourceState.FAILED:
-                self._set_status(SourceState.STOPPED, "stopped")
+    # -- the token
 
-    # -- one link
+    def _read_anonymously(self, why: str) -> None:
+        self._token = None
+        self._checked = True
+        self.link.set_problem(
+            f"{why}: reading #{self.channel} anonymously; store a new token with "
+            "`captaflow secrets set twitch_token` (or set CAPTAFLOW_TWITCH_TOKEN)"
+        )
 
-    async def _run_link(self, outcome: _LinkOutcome) -> AsyncIterator[ChatMessage]:
-        self.stats["attempts"] += 1
-        self._set_status(SourceState.CONNECTING, f"connecting to {self.server_url}")
-        try:
-            ws = await connect(
-                self.server_url,
-                max_size=self._max_frame_bytes,
-                ping_interval=None,  # our IRC-level keepalive watches the chat itself
-                open_timeout=self._open_timeout,
-                close_timeout=2,
-                compression=None,
+    async def _check_token(self) -> None:
+        if self._checked or self._token is None:
+            return
+        answer = await validate_token(self._validate_url, self._token)
+        if isinstance(answer, TokenRefused):
+            self._read_anonymously(f"the Twitch token is expired or revoked ({answer.reason})")
+            return
+        if answer is None:
+            if self._nick is None:
+                # Without a login there is no logging in; try asking again next connection.
+                self.link.set_problem(
+                    f"could not check the Twitch token at {self._validate_url}: reading "
+                    f"#{self.channel} anonymously until it answers (or set source.login)"
+                )
+            return
+        self._checked = True
+        self.token_info = answer
+        if CHAT_SCOPE not in answer.scopes:
+            self._read_anonymously(f"the Twitch token has no {CHAT_SCOPE} scope")
+            return
+        if self._nick is not None and self._nick != answer.login:
+            log.warning(
+                "twitch: source.login is %s but the token belongs to %s; logging in as %s",
+                self._nick,
+                answer.login,
+                answer.login,
             )
-        except (OSError, TimeoutError, WebSocketException) as exc:
-            outcome.reason = f"cannot connect: {_describe_error(exc)}"
-            log.warning("twitch: %s", outcome.reason)
-            return
-        self._ws = ws
-        if self._closing.is_set():
-            await ws.close()
-            self._ws = None
-            return
-        self.stats["connects"] += 1
-        self._policy.on_connected(self._clock())
-        self._set_status(SourceState.CONNECTED, f"connected, joining #{self.channel}")
+        self._nick = answer.login
+        log.info(
+            "twitch: token of %s, scopes %s, %s",
+            answer.login,
+            " ".join(answer.scopes) or "none",
+            say_expiry(answer.expires_in),
+        )
+        self.link.set_problem("")
+
+    def _token_refused(self, reason: str) -> None:
+        self._read_anonymously(f"Twitch refused the token ({reason})")
+
+    def _new_session(self) -> TwitchSession:
+        logged_in = self._token is not None and self._nick is not None
         protocol = TwitchChatProtocol(
             self.channel,
-            nick=self._nick,
-            token=self._token,
+            nick=self._nick if logged_in else None,
+            token=self._token if logged_in else None,
             now=self._wall_clock,
             keepalive_clock=self._clock,
             ping_interval=self._ping_interval,
             pong_timeout=self._pong_timeout,
         )
-        queue: asyncio.Queue[ChatMessage | _EndOfLink] = asyncio.Queue(self._queue_size)
-        reader = asyncio.create_task(self._read(ws, protocol, queue, outcome))
-        keeper = asyncio.create_task(self._keepalive(ws, protocol, outcome))
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, _EndOfLink):
-                    break
-                yield item
-        finally:
-            keeper.cancel()
-            reader.cancel()
-            await asyncio.gather(keeper, reader, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await ws.close()
-            self._ws = None
-            self._backpressured = False
-            # No reason means the consumer stopped iterating: not a lost link.
-            if not self._closing.is_set() and outcome.fatal is None and outcome.reason:
-                self.stats["links_lost"] += 1
-                log.warning("twitch: link to #%s ended: %s", self.channel, outcome.reason)
-
-    async def _send_pending(self, ws: ClientConnection, protocol: TwitchChatProtocol) -> None:
-        for line in protocol.data_to_send():
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("twitch > %s", mask_secret_line(line))
-            await ws.send(line + "\r\n")
-
-    async def _read(
-        self,
-        ws: ClientConnection,
-        protocol: TwitchChatProtocol,
-        queue: asyncio.Queue[ChatMessage | _EndOfLink],
-        outcome: _LinkOutcome,
-    ) -> None:
-        logged_malformed = 0
-        try:
-            await self._send_pending(ws, protocol)
-            while outcome.reason is None and outcome.fatal is None:
-                frame = await ws.recv()
-                if isinstance(frame, bytes):
-                    # Twitch sends text frames; a binary one is decoded leniently, not fatal.
-                    self.stats["binary_frames"] += 1
-                    frame = frame.decode("utf-8", errors="replace")
-                protocol.receive_text(frame)
-                await self._send_pending(ws, protocol)  # PONG before anything slow
-                for event in protocol.events_received():
-                    if isinstance(event, ChatMessage):
-                        self.stats["messages"] += 1
-                        if queue.full():
-                            self._backpressured = True
-                        await queue.put(event)
-                        self._backpressured = False
-                    elif isinstance(event, ModerationEvent):
-                        self.stats["moderation_events"] += 1
-                        self._report_moderation(event)
-                    elif isinstance(event, Reconnect):
-                        self.stats["reconnect_requests"] += 1
-                        outcome.reason = "the server asked to reconnect (RECONNECT)"
-                        outcome.reconnect_now = True
-                    elif isinstance(event, LoginFailed):
-                        who = f"as {self._nick}" if self._nick else "anonymously"
-                        outcome.fatal = (
-                            f"Twitch refused the login {who}: {event.reason}; check the OAuth "
-                            f"token and login, or remove the token to read anonymously"
-                        )
-                    elif isinstance(event, JoinFailed):
-                        outcome.fatal = (
-                            f"cannot read Twitch channel #{event.channel}: {event.reason}; "
-                            f"check the channel name"
-                        )
-                    elif isinstance(event, Joined):
-                        self._set_status(SourceState.CONNECTED, f"reading #{event.channel}")
-                    elif isinstance(event, MalformedLine):
-                        self.stats["malformed_lines"] += 1
-                        logged_malformed += 1
-                        level = (
-                            logging.WARNING
-                            if logged_malformed <= _LOGGED_MALFORMED_PER_LINK
-                            else logging.DEBUG
-                        )
-                        log.log(level, "twitch: skipped a bad line (%s)", event.error)
-                    elif isinstance(event, LinkDead):
-                        pass  # the keepalive task acts on protocol.dead
-        except ConnectionClosed as exc:
-            code = exc.sent.code if exc.sent is not None else None
-            if code == CLOSE_MESSAGE_TOO_BIG:
-                self.stats["oversized_frames"] += 1
-            elif code == CLOSE_INVALID_DATA:
-                self.stats["invalid_utf8"] += 1
-            if outcome.reason is None:
-                outcome.reason = describe_close(exc)
-        except (OSError, WebSocketException) as exc:
-            if outcome.reason is None:
-                outcome.reason = f"link error: {_describe_error(exc)}"
-        if outcome.fatal is not None:
-            log.error("twitch: %s", outcome.fatal)
-        await queue.put(_END)
-
-    async def _keepalive(
-        self, ws: ClientConnection, protocol: TwitchChatProtocol, outcome: _LinkOutcome
-    ) -> None:
-        connected_at = self._clock()
-        stable_reported = False
-        while True:
-            await asyncio.sleep(self._tick_interval)
-            now = self._clock()
-            if not self._backpressured:
-                protocol.tick(now)
-            if protocol.dead:
-                if outcome.reason is None:
-                    outcome.reason = (
-                        f"no data from the server for {now - connected_at:.0f} s"
-                        if protocol.stats["lines"] == 0
-                        else "the server stopped answering (keepalive PING unanswered)"
-                    )
-                await ws.close()
-                return
-            try:
-                await self._send_pending(ws, protocol)
-            except ConnectionClosed:
-                return  # the reader reports why
-            if not stable_reported and now - connected_at >= self._policy.stable_after:
-                self._policy.on_stable(now)
-                stable_reported = True
-
-    # -- reporting
-
-    def _report_moderation(self, event: ModerationEvent) -> None:
-        if self._on_moderation is None:
-            return
-        try:
-            self._on_moderation(event)
-        except Exception:  # a consumer's bug must not take the link down
-            log.exception("twitch: on_moderation callback failed")
-
-    def _set_status(
-        self, state: SourceState, detail: str = "", retry_in: float | None = None
-    ) -> None:
-        status = SourceStatus(state, detail, retry_in)
-        if status == self._status:
-            return
-        self._status = status
-        level = logging.WARNING if state in (SourceState.FAILED,) else logging.INFO
-        log.log(level, "twitch: %s%s", state.value, f": {detail}" if detail else "")
-        if self._on_status is not None:
-            try:
-                self._on_status(status)
-            except Exception:
-                log.exception("twitch: on_status callback failed")
-
-
-def _describe_error(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
+        return TwitchSession(
+            protocol,
+            logged_in_as=self._nick if logged_in else None,
+            on_token_refused=self._token_refused,
+            stats=self.stats,
+        )
 
 
 # ----------------------------------------------------------------------------- descriptor
 
-VALIDATE_URL = "https://id.twitch.tv/oauth2/validate"
 TOKEN_SECRET = SecretSpec(
     keyring="twitch_token",
     env="CAPTAFLOW_TWITCH_TOKEN",
@@ -431,6 +402,7 @@ def _build(config: SourceConfig) -> ChatSource:
         server_url=config.server_url or None,
         token=config.secrets.get(TOKEN_SECRET.keyring),
         nick=config.options.get("login") or None,
+        validate_url=config.options.get("validate_url") or VALIDATE_URL,
         on_status=config.on_status,
         on_moderation=config.on_moderation,
     )
