@@ -76,10 +76,16 @@ def pipeline_rules(
         agent_version=__version__,
         bots=bot_names(settings.audience.bots),
         skip_commands=settings.audience.skip_commands,
-        max_lag_seconds=None if rescoring else settings.window.max_lag_seconds,
+        # A demo shows the same readings every time, so it never samples to keep up.
+        max_lag_seconds=None if rescoring or own_session else settings.window.max_lag_seconds,
         own_session=own_session,
+        repeatable=own_session,
         recording_clock=kind == "replay",
         via=_BRIDGES.get(kind, ""),
+        # A recording is filed under the chat it recorded unless a channel is given.
+        channel=validate_name(settings.source.channel)
+        if kind == "replay" and settings.source.channel
+        else "",
     )
 
 

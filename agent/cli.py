@@ -419,8 +419,12 @@ def cmd_run(inv: Invocation) -> int:
     return 0
 
 
-def _run_agent(inv: Invocation, extra: dict[str, Any] | None = None) -> Settings:
-    """Run the agent headless until its source ends or Ctrl-C; returns the settings used."""
+def _run_agent(
+    inv: Invocation, extra: dict[str, Any] | None = None, *, own_session: bool = False
+) -> Settings:
+    """Run the agent headless until its source ends or Ctrl-C; returns the settings used.
+
+    `own_session`: a session of its own with its own dedup scope (the demo, every time)."""
     from agent.runtime import Agent
     from agent.single_instance import SingleInstance
 
@@ -434,7 +438,11 @@ def _run_agent(inv: Invocation, extra: dict[str, Any] | None = None) -> Settings
                 f"CaptaFlow is already running (pid {lock.holder_pid}) on {settings.data_dir}: "
                 f"stop it from the tray first, or use another --data-dir"
             )
-        agent = Agent(settings, previews=_previews(settings, inv.args.quiet, inv.args.verbose))
+        agent = Agent(
+            settings,
+            previews=_previews(settings, inv.args.quiet, inv.args.verbose),
+            own_session=own_session,
+        )
         agent.run_forever()
         status = agent.status()
         print(
@@ -444,6 +452,8 @@ def _run_agent(inv: Invocation, extra: dict[str, Any] | None = None) -> Settings
             f"{status.parts_waiting}",
             file=sys.stderr,
         )
+        if (note := agent.duplicates_note()) is not None:
+            print(note, file=sys.stderr)
     return settings
 
 
@@ -458,6 +468,7 @@ def cmd_demo(inv: Invocation) -> int:
                 "source.speed": inv.args.speed,
                 "source.channel": "",
             },
+            own_session=True,
         )
     try:
         from agent.report import build_report

@@ -48,6 +48,7 @@ from agent.journal import Journal, JournalEntry, scoped_key
 from agent.spool import Spool
 from agent.vocab import ChatMessage, ModerationEvent, Reading, validate_name
 from agent.windows import (
+    LATEST_TIMESTAMP,
     Window,
     WindowBuilder,
     WindowPolicy,
@@ -111,8 +112,13 @@ class PipelineRules:
     skip_commands: bool = True
     max_lag_seconds: float | None = 5.0  # None: score every message (re-scoring)
     own_session: bool = False  # a demo: a new session per run, dedup within it only
+    # Each window scored in a call of its own: the int8 graph's scores shift a little with
+    # batch-mates, and which windows share a call depends on timing; so a rerun (the demo)
+    # gives bit-identical readings only this way.
+    repeatable: bool = False
     recording_clock: bool = False  # a replay: windows follow the messages' own times
     via: str = ""  # the bridge of the source, for batches recovered from the journal
+    channel: str = ""  # file every message under this channel (a replay given --channel)
 
 
 @dataclass(slots=True)
@@ -208,11 +214,12 @@ class Moderation:
         self._deleted: set[str] = set()  # journal keys
         self._banned: set[tuple[str, str, str]] = set()  # (platform, channel, author)
 
-    def note(self, event: ModerationEvent, scope: str) -> None:
+    def note(self, event: ModerationEvent, channel: str, scope: str) -> None:
+        """Apply an event to the chat (`event.platform`, `channel`) from now on."""
         if event.message_id:
             self._deleted.add(scoped_key(scope, event.message_id))
         elif event.author:
-            self._banned.add((event.platform, event.channel.lower(), event.author.lower()))
+            self._banned.add((event.platform, channel, event.author.lower()))
 
     def keeps(self, timeline: Timeline, item: WindowItem) -> bool:
         return item.key not in self._deleted and (
@@ -357,7 +364,8 @@ class Pipeline:
         """Journal one message and window it; False if it was a duplicate or unreadable."""
         journal = self._journal()
         try:
-            timeline = self.open_timeline(message.platform, message.channel, now)
+            channel = self.rules.channel or message.channel
+            timeline = self.open_timeline(message.platform, channel, now)
         except ValueError as exc:  # a platform or channel name no file path may carry
             self._unreadable(message, exc)
             return False
@@ -399,8 +407,14 @@ class Pipeline:
 
     def feed(self, timeline: Timeline, item: WindowItem) -> None:
         """Window one item already journaled (or, re-scoring, read from the journal)."""
-        if math.isfinite(item.at):
-            timeline.event_time = max(timeline.event_time, item.at)
+        if not 0.0 <= item.at <= LATEST_TIMESTAMP:  # NaN too
+            # A time no reading can carry would drag every later window of the timeline
+            # with it (window times are monotone): this message is a window of its own.
+            self._assign_and_set_aside(
+                timeline, [item], f"holds a message sent at an impossible time ({item.at!r})"
+            )
+            return
+        timeline.event_time = max(timeline.event_time, item.at)
         try:
             closed = timeline.builder.add(item, item.at)
         except (ValueError, OverflowError) as exc:
@@ -419,8 +433,9 @@ class Pipeline:
                 self.journal.record_moderation(event)
             except Exception:  # a moderation record is worth a log line, never the agent
                 log.warning("could not record a moderation event %r", event, exc_info=True)
-        timeline = self.timelines.get((event.platform, event.channel.lower()))
-        self.moderation.note(event, timeline.scope if timeline is not None else "")
+        channel = self.rules.channel or event.channel.lstrip("#").lower()
+        timeline = self.timelines.get((event.platform, channel))
+        self.moderation.note(event, channel, timeline.scope if timeline is not None else "")
 
     def tick(self, now: float) -> None:
         """Close the windows that are due at `now` (wall clock; a replay's own clock)."""
@@ -502,7 +517,8 @@ class Pipeline:
         start = 0
         while start < len(jobs):
             stop, count = start, 0
-            while stop < len(jobs) and (count == 0 or count + len(chosen[stop]) <= SCORE_CHUNK):
+            limit = 0 if self.rules.repeatable else SCORE_CHUNK
+            while stop < len(jobs) and (count == 0 or count + len(chosen[stop]) <= limit):
                 count += len(chosen[stop])
                 stop += 1
             self._planned.append(ScoringChunk(jobs[start:stop], chosen[start:stop]))

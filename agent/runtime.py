@@ -315,9 +315,6 @@ class Agent:
                 set_aside_total=self.stats.set_aside,
                 **self._session_fields(),
             )
-            note = duplicates_note(self.stats)
-            if note is not None:
-                log.info("%s", note)
             if self.previews is not None:
                 self.previews.summary(self.stats.readings)
             if source_error is not None:

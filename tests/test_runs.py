@@ -1,0 +1,165 @@
+"""Runs as a user makes them: a settings file and the environment, `python -m agent ...` in a
+subprocess, a loopback S3 server. What a run leaves on disk and in S3 is what is checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.spool import iter_readings
+from agent.vocab import Reading
+
+T0 = 1_764_000_000.0
+
+
+def captaflow(
+    *args: str, home: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environment = {
+        **os.environ,
+        "CAPTAFLOW_CONFIG": str(home / "config.toml"),
+        "CAPTAFLOW_DATA_DIR": str(home / "data"),
+        "CAPTAFLOW_NO_KEYRING": "1",
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args], capture_output=True, text=True,
+        env=environment, timeout=300,
+    )  # fmt: skip
+
+
+def write_chat(path: Path, lines: list[dict[str, Any] | str]) -> Path:
+    path.write_text(
+        "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines),
+        encoding="utf-8",
+    )
+    return path
+
+
+def chat_line(n: int, **fields: Any) -> dict[str, Any]:
+    return {"platform": "twitch", "channel": "streamer", "id": f"m{n}", "author": f"viewer{n}",
+            "text": f"message {n} PogU", "sent_at": T0 + n, **fields}  # fmt: skip
+
+
+def status_file(home: Path) -> dict[str, Any]:
+    data = json.loads((home / "data" / "status.json").read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def no_nulls(value: object) -> bool:
+    if isinstance(value, dict):
+        return all(no_nulls(v) for v in value.values())
+    return value is not None
+
+
+def spool_readings(home: Path) -> list[Reading]:
+    return list(iter_readings(home / "data" / "spool"))
+
+
+@pytest.mark.timeout(300)
+def test_a_poisoned_message_never_stops_the_readings_nor_a_restart(
+    tmp_path: Path, tiny_bundle: Path
+) -> None:
+    good = [chat_line(n) for n in range(40)]
+    # JSON numbers past a float (1e400 is inf) and a time in the year 3170843.
+    poisoned = [*good[:13], '{"id": "p1", "text": "boom", "sent_at": 1e400}', *good[13:27],
+                '{"id": "p2", "text": "boom", "sent_at": 1e300}', *good[27:]]  # fmt: skip
+    chat = write_chat(tmp_path / "chat.jsonl", poisoned)
+    run = ("run", "--source", "replay", "--file", str(chat), "--speed", "max",
+           "--model", str(tiny_bundle), "--quiet")  # fmt: skip
+    first = captaflow(*run, home=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "Traceback" not in first.stderr
+    # Exactly what survives: every good message is in a written reading. (A source that
+    # re-times an impossible time at entry may also file the two poisoned ones.)
+    readings = spool_readings(tmp_path)
+    journal = sqlite3.connect(tmp_path / "data" / "journal.sqlite3")
+    batch_of = dict(journal.execute("SELECT key, batch_id FROM messages").fetchall())
+    aside = {row[0] for row in journal.execute("SELECT batch_id FROM set_aside")}
+    journal.close()
+    written = {r.batch_id for r in readings}
+    assert all(batch_of[f"m{n}"] in written for n in range(40))
+    snapshot = status_file(tmp_path)
+    assert snapshot["set_aside_total"] == len(aside) and len(aside) in (0, 2)
+    assert {batch_of["p1"], batch_of["p2"]} == aside or not aside
+    assert sum(r.message_count for r in readings) == 42 - len(aside)
+    if aside:
+        assert "set aside" in snapshot["problem"]
+
+    # A restart on the same file: nothing new, nothing dies, and it says how to re-score.
+    again = captaflow(*run, home=tmp_path)
+    assert again.returncode == 0, again.stderr
+    session = readings[0].session_id
+    assert "already recorded (42 duplicates" in again.stderr
+    assert f"captaflow replay --session {session}" in again.stderr
+    assert len(spool_readings(tmp_path)) == len(readings)
+    snapshot = status_file(tmp_path)
+    assert snapshot["state"] == "stopped" and no_nulls(snapshot)
+    assert snapshot["source"] == {"state": "finished", "detail": snapshot["source"]["detail"]}
+
+
+@pytest.mark.timeout(300)
+def test_the_readme_demo_twice_shows_the_same_readings_twice(
+    tmp_path: Path, tiny_bundle: Path
+) -> None:
+    def demo() -> list[Reading]:
+        before = {r.session_id for r in spool_readings(tmp_path)}
+        result = captaflow("demo", "--model", str(tiny_bundle), "--quiet", home=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "duplicates dropped" in result.stderr and "(0 duplicates" in result.stderr
+        return [r for r in spool_readings(tmp_path) if r.session_id not in before]
+
+    first, second = demo(), demo()
+    assert first and {r.session_id for r in first}.isdisjoint(r.session_id for r in second)
+
+    def shown(readings: list[Reading]) -> list[tuple[object, ...]]:
+        return [(r.seq, r.window_start, r.window_end, r.message_count, r.scored_count,
+                 r.scores, r.dominant) for r in readings]  # fmt: skip
+
+    assert shown(first) == shown(second)
+    snapshot = status_file(tmp_path)
+    assert snapshot["state"] == "stopped" and no_nulls(snapshot)
+    assert snapshot["session_id"] == second[0].session_id
+
+
+@pytest.mark.network
+@pytest.mark.timeout(300)
+def test_a_multistream_bridge_feed_gives_two_timelines_and_two_s3_partitions(
+    tmp_path: Path, tiny_bundle: Path, s3_server: dict[str, str]
+) -> None:
+    import boto3
+
+    s3 = boto3.client(
+        "s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"], region_name="us-east-1",
+        aws_access_key_id=s3_server["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=s3_server["AWS_SECRET_ACCESS_KEY"],
+    )  # fmt: skip
+    s3.create_bucket(Bucket="multistream")
+    mixed = [chat_line(n, platform="youtube" if n % 3 == 0 else "twitch") for n in range(60)]
+    chat = write_chat(tmp_path / "mixed.jsonl", mixed)
+    result = captaflow(
+        "run", "--source", "replay", "--file", str(chat), "--speed", "max", "--quiet",
+        "--model", str(tiny_bundle), "--bucket", "multistream", "--prefix", "ms",
+        home=tmp_path, env=s3_server,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    readings = spool_readings(tmp_path)
+    by_platform = {p: [r for r in readings if r.platform == p] for p in ("twitch", "youtube")}
+    assert sum(r.message_count for r in by_platform["youtube"]) == 20
+    assert sum(r.message_count for r in by_platform["twitch"]) == 40
+    sessions = [{r.session_id for r in rs} for rs in by_platform.values()]
+    assert all(len(s) == 1 for s in sessions) and sessions[0] != sessions[1]
+    synced = captaflow("sync", "--bucket", "multistream", "--prefix", "ms",
+                       home=tmp_path, env=s3_server)  # fmt: skip
+    assert synced.returncode == 0, synced.stderr
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="multistream")["Contents"]]
+    partitions = sorted({"/".join(k.split("/")[1:3]) for k in keys})
+    assert partitions == ["platform=twitch/channel=streamer", "platform=youtube/channel=streamer"]
