@@ -93,7 +93,7 @@ class NoLedger:
         pass
 
     def set_aside(self, batch_id: str, reason: str) -> None:
-        pass
+        log.warning("set aside batch %s: %s", batch_id, reason)
 
 
 ReadingListener = Callable[[Reading], None]
@@ -480,7 +480,6 @@ class Pipeline:
         self.ledger.set_aside(batch_id, reason)
         self.stats.set_aside += 1
         self.stats.last_set_aside = reason
-        log.warning("set aside batch %s of session %s: %s", batch_id, timeline.session_id, reason)
 
     # -- scoring -----------------------------------------------------------------------------
 
