@@ -50,7 +50,16 @@ def _source_kinds() -> tuple[str, ...]:
 
 
 def _source_help() -> str:
-    return "where chat comes from: " + ", ".join(_source_kinds())
+    """One clause per source, from its descriptor: a new source shows up here by itself."""
+    from agent.sources import DESCRIPTORS
+
+    return "where chat comes from: " + "; ".join(f"{d.kind} = {d.title}" for d in DESCRIPTORS)
+
+
+def _secret_names_help() -> str:
+    from agent.secrets import known_secrets
+
+    return "one of " + ", ".join(spec.keyring for spec in known_secrets())
 
 
 def _common(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
@@ -245,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ask for a secret without echoing it and store it in the OS keyring "
         '(service "CaptaFlow").',
     )
-    secret_set.add_argument("name", help="e.g. twitch_token, streamerbot_password, ssn_session")
+    secret_set.add_argument("name", help=_secret_names_help())
     secret_sub.add_parser(
         "list",
         help="which secrets are set, and where",
@@ -690,27 +699,40 @@ def cmd_config(inv: Invocation) -> int:
     return 0
 
 
+def secret_lines(states: Sequence[Any]) -> list[str]:
+    """`captaflow secrets list`: each secret's name and where it is set; never a value."""
+    lines = []
+    for state in states:
+        if state.where == "environment":
+            where = f"set in the environment ({state.env})"
+        elif state.where == "keyring":
+            where = 'set in the OS keyring (service "CaptaFlow")'
+        else:
+            where = f"not set (`captaflow secrets set {state.name}`, or set {state.env})"
+        lines.append(f"{state.name}: {where}")
+    return lines
+
+
 def cmd_secrets(inv: Invocation) -> int:
-    from agent.secrets import list_secrets, store_secret
+    from agent.secrets import find_secret, list_secrets, store_secret
 
     inv.settings()  # the first run writes the settings file here too
     if inv.args.secrets_command == "list":
-        for state in list_secrets():
-            where = {"environment": f"set in the environment ({state.env})"}.get(
-                state.where, "set in the OS keyring" if state.where == "keyring" else "not set"
-            )
-            print(f"{state.name}: {where}")
+        for line in secret_lines(list_secrets()):
+            print(line)
         return 0
-    name = inv.args.name
-    from agent.secrets import find_secret
-
-    spec = find_secret(name)  # an unknown name fails before anything is asked
-    if sys.stdin is None or not sys.stdin.isatty():
-        value = sys.stdin.readline().rstrip("\r\n") if sys.stdin is not None else ""
+    spec = find_secret(inv.args.name)  # an unknown name fails before anything is asked
+    if sys.stdin is not None and sys.stdin.isatty():
+        value = getpass.getpass(f"{spec.keyring} ({spec.doc}; typing is not shown): ")
     else:
-        value = getpass.getpass(f"{spec.keyring} ({spec.doc}): ")
+        # Piped in (a password manager, a script): one line, never echoed anywhere.
+        value = sys.stdin.readline().rstrip("\r\n") if sys.stdin is not None else ""
     store_secret(spec.keyring, value)
-    print(f'stored {spec.keyring} in the OS keyring (service "CaptaFlow")', file=sys.stderr)
+    print(
+        f'captaflow: stored {spec.keyring} in the OS keyring (service "CaptaFlow"); '
+        f"{spec.env}, when set, still wins",
+        file=sys.stderr,
+    )
     return 0
 
 

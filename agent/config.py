@@ -7,14 +7,17 @@ frozen `Settings`. Anything wrong raises `SettingsError` with one line naming th
 where it came from and what is expected:
 
     window.messages = -3 in C:\\Users\\me\\AppData\\Roaming\\CaptaFlow\\CaptaFlow\\config.toml:
-    expected a whole number ≥ 1
+    expected a whole number from 1 to 10000
 
 The schema below is the single source of truth: defaults, checks and the comments written into
-a fresh file all come from it, so the file on disk and the code cannot drift apart.
+a fresh file all come from it, so the file on disk and the code cannot drift apart. Its
+`[source]` part is built from the sources' descriptors (`agent.sources.DESCRIPTORS`): the keys
+every source shares (kind, channel, server_url) plus each source's own `SettingSpec`s, so a new
+source brings its settings along. Every value has an upper bound: past it is a typo, not a wish.
 
-Secrets (the Twitch OAuth token, AWS keys) are read from the environment or the OS keyring
-(service "CaptaFlow") by `load_secrets()`, never from the TOML: a secret-looking key in the file
-is refused with a message saying where it belongs.
+Secrets (tokens, passwords, session ids, AWS keys) are read from the environment or the OS
+keyring (service "CaptaFlow") through `agent.secrets`, never from the TOML: a secret-looking key
+in the file is refused with a message saying where it belongs.
 """
 
 from __future__ import annotations
@@ -30,19 +33,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from agent import logs
 from agent.checks import (
     Expected,
     aws_region,
     boolean,
     bucket_name,
     choice,
-    dotted_path,
     key_prefix,
     name_or_empty,
     names_list,
     number,
-    speed,
     subset,
     text,
     whole,
@@ -57,9 +57,9 @@ from agent.paths import (
     location_problem,
     resolve_locations,
 )
+from agent.sources import DESCRIPTORS, SOURCE_KINDS
 from agent.vocab import DEFAULT_DISPLAYED, LABELS
 
-SOURCE_KINDS = ("twitch", "streamerbot", "ssn", "ws", "replay")
 PREVIEWS = ("message", "batch", "summary")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -67,9 +67,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # the agent (100000 scoring threads) or fill the disk before any warning.
 CPU_CORES = os.cpu_count() or 1
 MAX_MB = 1_048_576  # 1 TB
-
-KEYRING_SERVICE = "CaptaFlow"
-NO_KEYRING_ENV = "CAPTAFLOW_NO_KEYRING"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,15 +82,18 @@ class _Key:
     is_path: bool = False
 
 
-_SCHEMA: dict[str, tuple[_Key, ...]] = {
-    "source": (
+def _is_table(spec: _Key) -> bool:
+    """A key whose value is a table of its own (`[source.mapping]`)."""
+    return isinstance(spec.default, Mapping)
+
+
+def _source_keys() -> tuple[_Key, ...]:
+    """`[source]`: the keys every source shares, then each source's own (its descriptor's
+    SettingSpecs, once per name), so a new source module brings its settings along."""
+    kinds = "\n".join(f'  "{d.kind}": {d.summary}' for d in DESCRIPTORS)
+    common = (
         _Key(
-            "kind",
-            "twitch",
-            choice(*SOURCE_KINDS),
-            'Where chat comes from: "twitch" (read-only, no account needed), "streamerbot"\n'
-            '(Streamer.bot\'s WebSocket server), "ssn" (Social Stream Ninja), "ws" (any JSON\n'
-            'WebSocket, see [source.mapping]) or "replay" (a recorded chat file).',
+            "kind", DESCRIPTORS[0].kind, choice(*SOURCE_KINDS), f"Where chat comes from:\n{kinds}"
         ),
         _Key(
             "channel",
@@ -105,39 +105,26 @@ _SCHEMA: dict[str, tuple[_Key, ...]] = {
             "server_url",
             "",
             text,
-            "Leave empty for the usual address of the chosen kind (Twitch, Streamer.bot on\n"
-            'ws://127.0.0.1:8080/, Social Stream Ninja); required for kind = "ws".',
+            "Leave empty for the usual address of the chosen kind"
+            + "".join(f"\n  {d.kind}: {d.default_url}" for d in DESCRIPTORS if d.default_url)
+            + "\nA kind without a usual address (ws) needs one.",
         ),
-        _Key("file", "", text, 'For kind = "replay": the chat recording to play.', is_path=True),
-        _Key(
-            "speed",
-            "recorded",
-            speed,
-            'For kind = "replay": "recorded" (real time), "max" (as fast as possible) or a\n'
-            "speed-up factor such as 4.",
-        ),
-        _Key(
-            "login",
-            "",
-            name_or_empty("login"),
-            "Your Twitch login, only if you give CaptaFlow a token (CAPTAFLOW_TWITCH_TOKEN or\n"
-            "the OS keyring). Empty = read anonymously, which is enough to read chat.",
-        ),
-    ),
-    "source.mapping": (
-        _Key(
-            "text",
-            "text",
-            dotted_path,
-            'For kind = "ws": dotted paths into each JSON message, e.g. "data.message.text".\n'
-            "Where the message text is ...",
-        ),
-        _Key("id", "id", dotted_path, "... the message id (used to drop duplicates)"),
-        _Key("author", "author", dotted_path, "... the author's name"),
-        _Key("time", "time", dotted_path, "... the time it was sent (UNIX seconds or ISO 8601)"),
-        _Key("platform", "platform", dotted_path, "... the platform (twitch, youtube, kick ...)"),
-        _Key("channel", "channel", dotted_path, "... the channel"),
-    ),
+    )
+    own: dict[str, _Key] = {}
+    for found in DESCRIPTORS:
+        for spec in found.settings:
+            own.setdefault(
+                spec.name, _Key(spec.name, spec.default, spec.check, spec.doc, spec.is_path)
+            )
+    # Tables last: a `[source.mapping]` header written after them cannot swallow other keys.
+    keys = sorted(own.values(), key=_is_table)
+    return common + tuple(keys)
+
+
+_COMMON = ("kind", "channel", "server_url")
+
+_SCHEMA: dict[str, tuple[_Key, ...]] = {
+    "source": _source_keys(),
     "audience": (
         _Key(
             "bots",
@@ -318,30 +305,47 @@ _SECRET_WORDS = ("token", "secret", "password", "passwd", "oauth", "access_key",
 # The settings themselves.
 
 
-DEFAULT_MAPPING: Mapping[str, str] = MappingProxyType(
-    {
-        "text": "text",
-        "id": "id",
-        "author": "author",
-        "time": "time",
-        "platform": "platform",
-        "channel": "channel",
-    }
-)
-
-
 @dataclass(frozen=True, slots=True)
 class SourceSettings:
+    """`[source]`: the shared keys, and each source's own keys in `options`.
+
+    `options` holds every descriptor SettingSpec by name, checked (paths resolved, as text),
+    whichever kind is chosen: switching `kind` back and forth keeps what was set for each.
+    """
+
     kind: str = "twitch"
     channel: str = ""
     server_url: str = ""  # "" = the source's own default address
-    file: Path | None = None
-    speed: float | str = 1.0  # replay: a speed-up factor (1.0 = as recorded) or "max"
-    login: str = ""
-    # The generic `ws` source's field → dotted path in each JSON message (read-only).
-    mapping: Mapping[str, str] = field(
-        default_factory=lambda: MappingProxyType(dict(DEFAULT_MAPPING))
-    )
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def options_of(self, kind: str | None = None) -> dict[str, Any]:
+        """The options the source `kind` (default: the chosen one) declares, by name."""
+        from agent.sources import descriptor
+
+        return {
+            spec.name: self.options.get(spec.name, spec.default)
+            for spec in descriptor(kind or self.kind).settings
+        }
+
+    # Typed views of the options that code outside the sources reads by name.
+    @property
+    def file(self) -> Path | None:
+        raw = self.options.get("file")
+        return Path(raw) if raw else None
+
+    @property
+    def speed(self) -> float | str:
+        value = self.options.get("speed", 1.0)
+        return value if isinstance(value, float | str) else 1.0
+
+    @property
+    def login(self) -> str:
+        return str(self.options.get("login") or "")
+
+    @property
+    def mapping(self) -> Mapping[str, str]:
+        """The generic `ws` source's field mapping (its keys as written; empty = defaults)."""
+        return MappingProxyType(dict(self.options.get("mapping") or {}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +413,8 @@ class Secrets:
     """Secrets found in the environment or the keyring; `repr` never shows them."""
 
     twitch_token: str | None = field(default=None, repr=False)
+    streamerbot_password: str | None = field(default=None, repr=False)
+    ssn_session: str | None = field(default=None, repr=False)
     aws_access_key_id: str | None = field(default=None, repr=False)
     aws_secret_access_key: str | None = field(default=None, repr=False)
     aws_session_token: str | None = field(default=None, repr=False)
@@ -497,6 +503,9 @@ def _plain(value: Any) -> Any:
 
 
 def _toml_repr(value: Any) -> str:
+    if isinstance(value, Mapping):
+        inner = ", ".join(f"{key} = {_toml_repr(item)}" for key, item in value.items())
+        return "{ " + inner + " }" if inner else "{}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -520,10 +529,22 @@ def _secret_refusal(key: str, where: str) -> SettingsError:
             '~/.aws/credentials, AWS_PROFILE) or the OS keyring (service "CaptaFlow")'
         )
     else:
-        home = (
-            "set CAPTAFLOW_TWITCH_TOKEN in the environment or store it in the OS keyring "
-            '(service "CaptaFlow", name "twitch_token")'
-        )
+        specs = {spec.keyring: spec for d in DESCRIPTORS for spec in d.secrets}
+        words = set(re.split(r"[._]", key.lower()))
+        named = [spec for name, spec in specs.items() if words & set(name.split("_"))]
+        if len(named) == 1 or len(specs) == 1:
+            spec = (named or list(specs.values()))[0]
+            home = (
+                f"run `captaflow secrets set {spec.keyring}` (the OS keyring) or set {spec.env} "
+                f"instead"
+            )
+        else:
+            # An "oauth:" value under another name: most likely a Twitch token, but say all.
+            choices = ", ".join(f"{spec.keyring} ({spec.env})" for spec in specs.values())
+            home = (
+                f"run `captaflow secrets set NAME` (the OS keyring) or set its variable instead: "
+                f"{choices}"
+            )
     return SettingsError(
         f"{key} {where} looks like a secret and secrets never go in the settings file: "
         f"remove it and {home}"
@@ -576,8 +597,13 @@ def _flatten(document: Mapping[str, Any], where: str) -> dict[str, Any]:
             if key in subsections and isinstance(value, dict):
                 walk(value, dotted)
             elif key in known:
-                if isinstance(value, str) and value.strip().lower().startswith("oauth:"):
-                    raise _secret_refusal(dotted, where)
+                entries = value.items() if isinstance(value, dict) else [("", value)]
+                for entry, item in entries:
+                    named = f"{dotted}.{entry}" if entry else dotted
+                    if _looks_secret(entry) or (
+                        isinstance(item, str) and item.strip().lower().startswith("oauth:")
+                    ):
+                        raise _secret_refusal(named, where)
                 flat[dotted] = value
             else:
                 raise SettingsError(
@@ -600,6 +626,17 @@ def _flatten(document: Mapping[str, Any], where: str) -> dict[str, Any]:
 def _check(dotted: str, raw: Any, where: str, from_cli: bool) -> Any:
     section, name = dotted.rsplit(".", 1)
     spec = next(key for key in _SCHEMA[section] if key.name == name)
+    if _is_table(spec) and isinstance(raw, Mapping):
+        # One entry at a time, so the message names the entry that is wrong
+        # (source.mapping.where), not the whole table.
+        for key, item in raw.items():
+            try:
+                spec.check({key: item}, from_cli)
+            except Expected as error:
+                said = str(error).removeprefix(f"for mapping key {key!r}: ")
+                raise SettingsError(
+                    f"{dotted}.{key} = {_toml_repr(item)} {where}: expected {said}"
+                ) from None
     try:
         return spec.check(raw, from_cli)
     except Expected as error:
@@ -676,15 +713,19 @@ def load_settings(
         shown = str(value) if isinstance(value, Path) else value
         return dotted, _toml_repr(shown), origin
 
+    def option(spec: _Key) -> Any:
+        if spec.is_path:
+            found = get_path(f"source.{spec.name}")
+            return str(found) if found is not None else ""
+        value = get(f"source.{spec.name}")
+        return MappingProxyType(dict(value)) if isinstance(value, Mapping) else value
+
     source = SourceSettings(
         kind=get("source.kind"),
         channel=get("source.channel"),
         server_url=get("source.server_url"),
-        file=get_path("source.file"),
-        speed=get("source.speed"),
-        login=get("source.login"),
-        mapping=MappingProxyType(
-            {key.name: get(f"source.mapping.{key.name}") for key in _SCHEMA["source.mapping"]}
+        options=MappingProxyType(
+            {spec.name: option(spec) for spec in _SCHEMA["source"] if spec.name not in _COMMON}
         ),
     )
     return Settings(
@@ -750,52 +791,63 @@ def describe_settings(settings: Settings) -> list[str]:
     return lines
 
 
-def setup_problem(settings: Settings) -> str | None:
+def setup_problem(settings: Settings, secrets: Mapping[str, str] | None = None) -> str | None:
     """What stops the agent from starting with these settings, as one line saying what to do.
 
-    The line names both the flag and the settings key: the tray and `captaflow run` show it.
+    The chosen source's descriptor says what it needs (its `setup_problem`, `needs_channel`);
+    a path among its settings must name a file that exists. `secrets` by keyring name, or
+    None to read them (environment, then the OS keyring). The tray and `captaflow run` show
+    the line, so it names both the flag and the settings key.
     """
+    from agent.sources import descriptor, source_config
+
     source = settings.source
+    found = descriptor(source.kind)
     where = settings.config_path
-    if source.kind == "twitch" and not source.channel:
+    if found.needs_channel and not source.channel:
         return (
-            f'no channel set: pass --channel NAME, or set channel = "name" under [source] '
-            f"in {where}"
+            f'no channel set for the "{found.kind}" source: pass --channel NAME, or set '
+            f'channel = "name" under [source] in {where}'
         )
-    if source.kind == "ws" and not source.server_url:
-        return (
-            f'no server_url set for the "ws" source: pass --server-url ws://HOST:PORT/PATH, '
-            f"or set server_url under [source] in {where}"
-        )
-    if source.kind == "replay" and source.file is None:
-        return (
-            f'no file set for the "replay" source: pass --file PATH, or set file under '
-            f"[source] in {where}"
-        )
-    if source.kind == "replay" and source.file is not None and not source.file.is_file():
-        return (
-            f"the chat file {source.file} does not exist: check --file (or file under "
-            f"[source] in {where})"
-        )
+    problem = found.setup_problem(source_config(source, secrets))
+    if problem:
+        return problem
+    for spec in found.settings:
+        value = source.options.get(spec.name)
+        if spec.is_path and value and not Path(value).is_file():
+            flag = f"--{spec.name.replace('_', '-')}"
+            return (
+                f"the {spec.name} {value} does not exist: check {flag} (or {spec.name} under "
+                f"[source] in {where})"
+            )
     return None
 
 
 # ---------------------------------------------------------------------------------------------
 # The commented default file.
 
-_HEADER = """\
+
+def _header() -> str:
+    secrets = "\n".join(
+        f"#   {spec.keyring} (or {spec.env}):\n#     {spec.doc}"
+        for spec in {spec.keyring: spec for d in DESCRIPTORS for spec in d.secrets}.values()
+    )
+    return f"""\
 # CaptaFlow settings. Lines starting with # are comments; remove the # in front of a
-# setting to change it. Command-line options (for example --channel) override this file.
+# setting to change it. Command-line options (for example --channel) override this file;
+# `captaflow config --show` prints what is in effect and where each value came from.
 #
-# Secrets never go in this file. Give the Twitch token (only needed for a logged-in
-# connection) as the environment variable CAPTAFLOW_TWITCH_TOKEN or store it in the OS
-# keyring (service "CaptaFlow", name "twitch_token"); AWS keys come from the usual AWS
-# places (environment, ~/.aws/credentials, a profile) or the same keyring.
+# Secrets never go in this file. `captaflow secrets set NAME` asks for one and keeps it in
+# the OS keyring (service "CaptaFlow"); its environment variable, when set, wins. The
+# secrets the sources use:
+{secrets}
+# AWS keys come from the usual AWS places (environment, ~/.aws/credentials, a profile) or
+# the same keyring (aws_access_key_id, aws_secret_access_key).
 """
 
 
 def default_config_text() -> str:
-    lines = [_HEADER]
+    lines = [_header()]
     for section, keys in _SCHEMA.items():
         lines.append(f"\n[{section}]")
         for index, key in enumerate(keys):
@@ -829,58 +881,24 @@ def write_default_config(path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Secrets.
 
-SECRET_ENV: Mapping[str, str] = {
-    "twitch_token": "CAPTAFLOW_TWITCH_TOKEN",
-    "aws_access_key_id": "AWS_ACCESS_KEY_ID",
-    "aws_secret_access_key": "AWS_SECRET_ACCESS_KEY",
-    "aws_session_token": "AWS_SESSION_TOKEN",
-}
-
-
-def _keyring_get(name: str) -> str | None:
-    try:
-        import keyring
-
-        return keyring.get_password(KEYRING_SERVICE, name)
-    except Exception:
-        # No backend (a headless Linux box), a locked or broken one: the keyring is only one
-        # of the places a secret may live, so its absence is not an error.
-        return None
-
 
 def load_secrets(env: Mapping[str, str] | None = None, *, use_keyring: bool = True) -> Secrets:
     """Each secret from the environment, else from the OS keyring; None where neither has it.
 
-    Whatever is found is registered with the log filter so it is masked in every log record.
+    The reading is `agent.secrets`' (one rule for every secret), which also registers each
+    value found with the log filter, so it is masked in every log record.
     """
-    environ = os.environ if env is None else env
-    keyring_allowed = use_keyring and not environ.get(NO_KEYRING_ENV)
-    found: dict[str, str] = {}
+    from agent.secrets import NO_KEYRING_ENV, known_secrets, read_secret
+
+    environ = dict(os.environ if env is None else env)
+    if not use_keyring:
+        environ[NO_KEYRING_ENV] = "1"
+    names = [name for name in Secrets.__dataclass_fields__ if name != "found_in"]
+    specs = {spec.keyring: spec for spec in known_secrets() if spec.keyring in names}
     values: dict[str, str | None] = {}
-    for name, variable in SECRET_ENV.items():
-        value = environ.get(variable) or None
-        if value is not None:
-            found[name] = "environment"
-        elif keyring_allowed:
-            value = _keyring_get(name)
-            if value is not None:
-                found[name] = "keyring"
-        if value:
-            logs.register_secret(value)
-        values[name] = value
+    found: dict[str, str] = {}
+    for name, spec in specs.items():
+        values[name] = read_secret(spec, environ)
+        if values[name] is not None:
+            found[name] = "environment" if environ.get(spec.env, "").strip() else "keyring"
     return Secrets(**values, found_in=found)
-
-
-def store_secret(name: str, value: str) -> None:
-    """Save a secret in the OS keyring (for a `captaflow` command that asks for it once)."""
-    if name not in SECRET_ENV:
-        raise SettingsError(f"unknown secret {name!r}: use one of {', '.join(SECRET_ENV)}")
-    try:
-        import keyring
-
-        keyring.set_password(KEYRING_SERVICE, name, value)
-    except Exception as error:
-        raise SettingsError(
-            f"cannot store {name} in the OS keyring ({type(error).__name__}); set "
-            f"{SECRET_ENV[name]} in the environment instead"
-        ) from None

@@ -23,7 +23,7 @@ class _LevelSetting(Protocol):
 
 class LogTarget(Protocol):
     """What logging needs of the settings; a Protocol, so this module imports no settings
-    (config imports logs to register the secrets it reads)."""
+    (the settings module must stay free to import anything that logs)."""
 
     @property
     def log_dir(self) -> Path: ...

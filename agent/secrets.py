@@ -54,7 +54,25 @@ def known_secrets() -> tuple[SecretSpec, ...]:
     for descriptor in DESCRIPTORS:
         for spec in descriptor.secrets:
             seen.setdefault(spec.keyring, spec)
+    for spec in aws_secrets():
+        seen.setdefault(spec.keyring, spec)
     return tuple(seen.values())
+
+
+def aws_secrets() -> tuple[SecretSpec, ...]:
+    """The uploader's AWS keys, for a PC whose AWS chain (~/.aws, a profile) has none:
+    `agent.credentials` reads these same keyring entries."""
+    from agent.sources.base import SecretSpec
+
+    return (
+        SecretSpec("aws_access_key_id", "AWS_ACCESS_KEY_ID", "AWS access key id for uploads"),
+        SecretSpec(
+            "aws_secret_access_key", "AWS_SECRET_ACCESS_KEY", "AWS secret access key for uploads"
+        ),
+        SecretSpec(
+            "aws_session_token", "AWS_SESSION_TOKEN", "AWS session token (temporary keys only)"
+        ),
+    )
 
 
 def find_secret(name: str) -> SecretSpec:
@@ -82,12 +100,17 @@ def _keyring_get(entry: str) -> str | None:
 
 
 def _lookup(spec: SecretSpec, environ: Mapping[str, str]) -> tuple[str | None, str]:
+    from agent.logs import register_secret
+
     value = environ.get(spec.env, "").strip()
     if value:
+        register_secret(value)  # masked in every log record from now on
         return value, "environment"
     if keyring_disabled(environ):
         return None, ""
     stored = (_keyring_get(spec.keyring) or "").strip()
+    if stored:
+        register_secret(stored)
     return (stored, "keyring") if stored else (None, "")
 
 

@@ -508,3 +508,123 @@ def test_report_open_without_a_browser_says_where_the_report_is(demo_home: Home)
     assert result.stderr.splitlines() == [
         f"captaflow: no browser could be opened here; open {out.resolve()} yourself"
     ]
+
+
+# ---- secrets -----------------------------------------------------------------------------------
+
+
+def keyring_env(home: Home) -> dict[str, str]:
+    """A working OS keyring for the child process (see tests/keyring_backend.py)."""
+    return {
+        "CAPTAFLOW_NO_KEYRING": "",
+        "PYTHON_KEYRING_BACKEND": "tests.keyring_backend.FileKeyring",
+        "CAPTAFLOW_TEST_KEYRING_FILE": str(home.root / "keyring.json"),
+    }
+
+
+def test_secrets_list_says_which_are_set_and_where_never_the_value(home: Home) -> None:
+    token = "oauth:q1w2e3r4t5y6u7i8o9p0"
+    result = home.run("secrets", "list", env={"CAPTAFLOW_TWITCH_TOKEN": token})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "twitch_token: set in the environment (CAPTAFLOW_TWITCH_TOKEN)"
+    assert (
+        "ssn_session: not set (`captaflow secrets set ssn_session`, or set "
+        "CAPTAFLOW_SSN_SESSION)" in lines
+    )
+    names = [line.split(":", 1)[0] for line in lines]
+    assert names == [
+        "twitch_token", "streamerbot_password", "ssn_session", "aws_access_key_id",
+        "aws_secret_access_key", "aws_session_token",
+    ]  # fmt: skip
+    assert "q1w2e3" not in result.stdout + result.stderr
+
+
+def test_secrets_set_stores_in_the_keyring_and_the_source_finds_it(home: Home) -> None:
+    env = keyring_env(home)
+    stored = home.run(
+        "secrets", "set", "streamerbot_password", stdin="hunter2-but-longer\n", env=env
+    )
+    assert stored.returncode == 0, stored.stderr
+    assert "hunter2" not in stored.stdout + stored.stderr
+    assert stored.stderr.splitlines()[-1] == (
+        'captaflow: stored streamerbot_password in the OS keyring (service "CaptaFlow"); '
+        "CAPTAFLOW_STREAMERBOT_PASSWORD, when set, still wins"
+    )
+    entries = json.loads((home.root / "keyring.json").read_text(encoding="utf-8"))
+    assert entries == {"CaptaFlow/streamerbot_password": "hunter2-but-longer"}
+    listed = home.run("secrets", "list", env=env).stdout.splitlines()
+    assert 'streamerbot_password: set in the OS keyring (service "CaptaFlow")' in listed
+    # The environment wins over the keyring, and says so.
+    both = home.run(
+        "secrets", "list", env={**env, "CAPTAFLOW_STREAMERBOT_PASSWORD": "from-env-123"}
+    ).stdout.splitlines()
+    assert "streamerbot_password: set in the environment (CAPTAFLOW_STREAMERBOT_PASSWORD)" in both
+
+
+def test_a_secret_needed_by_the_source_is_asked_for_by_name(home: Home, tiny_bundle: Path) -> None:
+    env = keyring_env(home)
+    needs = error_line(home.run("run", "--source", "ssn", "--model", str(tiny_bundle), env=env), 2)
+    assert "captaflow secrets set ssn_session" in needs
+
+
+def test_secrets_set_refuses_what_it_cannot_do_in_one_line(home: Home) -> None:
+    unknown = error_line(home.run("secrets", "set", "password", stdin="x\n"), 2)
+    assert unknown.startswith("captaflow: unknown secret 'password': use one of twitch_token, ")
+    off = error_line(home.run("secrets", "set", "twitch_token", stdin="oauth:abcdefgh\n"), 2)
+    assert "CAPTAFLOW_NO_KEYRING is set" in off and "CAPTAFLOW_TWITCH_TOKEN" in off
+    empty = error_line(
+        home.run("secrets", "set", "ssn_session", stdin="\n", env=keyring_env(home)), 2
+    )
+    assert "nothing was stored" in empty
+    assert not (home.root / "keyring.json").exists()
+
+
+# ---- sources from their descriptors -------------------------------------------------------------
+
+
+def test_source_choices_and_help_come_from_the_descriptors(home: Home) -> None:
+    from agent.sources import DESCRIPTORS
+
+    result = home.run("run", "--help", data_dir=False)
+    flat = " ".join(result.stdout.split())
+    assert "--source {" + ",".join(d.kind for d in DESCRIPTORS) + "}" in flat
+    for found in DESCRIPTORS:
+        assert f"{found.kind} = {found.title}" in flat
+
+
+WS_SETTINGS = """
+[source]
+kind = "ws"
+server_url = "ws://127.0.0.1:9/chat"
+
+[source.mapping]
+text = "data.message"
+author = "data.user.name"
+platform = "=youtube"
+where = "type=chat"
+"""
+
+
+def test_the_ws_mapping_as_documented_is_accepted(home: Home) -> None:
+    home.write_settings(WS_SETTINGS)
+    shown = home.run("config", "--show")
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        'mapping = { text = "data.message", author = "data.user.name", platform = "=youtube", '
+        'where = "type=chat" }  # file'
+    ) in shown.stdout.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ('where = "type"', 'source.mapping.where = "type"'),
+        ('channel = "a b"', "source.mapping.channel"),
+    ],
+)
+def test_a_bad_ws_mapping_entry_is_named(home: Home, line: str, named: str) -> None:
+    home.write_settings(WS_SETTINGS.replace('where = "type=chat"', line))
+    message = error_line(home.run("run"), 2)
+    assert message.startswith(f"captaflow: {named}")
+    assert str(home.config) in message

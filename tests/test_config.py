@@ -14,6 +14,7 @@ from agent import logs
 from agent.config import (
     Secrets,
     default_config_text,
+    describe_settings,
     load_secrets,
     load_settings,
     setup_problem,
@@ -59,7 +60,8 @@ def test_missing_file_gives_defaults_rooted_in_the_data_dir(config: Path) -> Non
     assert settings.display.emotions == DEFAULT_DISPLAYED
     assert settings.sync.prefix == "captaflow" and settings.sync.enabled
     assert settings.source.kind == "twitch" and settings.source.server_url == ""
-    assert dict(settings.source.mapping)["text"] == "text"
+    assert dict(settings.source.mapping) == {}  # the ws source's own defaults apply
+    assert settings.source.options_of("replay") == {"file": "", "speed": 1.0}
     assert not config.exists(), "loading must not write unless asked"
 
 
@@ -80,7 +82,10 @@ def test_first_run_writes_a_commented_file_that_loads_to_the_defaults(config: Pa
 def test_uncommenting_every_default_changes_nothing(config: Path) -> None:
     # The written defaults are the code's defaults: a user who uncomments a line and keeps
     # its value gets exactly what they had.
-    uncommented = re.sub(r"(?m)^# ([a-z_]+ = )", r"\1", default_config_text())
+    # Only setting lines (a key of the schema), not a comment that happens to read "x = y".
+    names = {line.split(" = ")[0] for line in describe_settings(load(config)) if " = " in line}
+    pattern = "|".join(sorted(names))
+    uncommented = re.sub(rf"(?m)^# (({pattern}) = )", r"\1", default_config_text())
     tomllib.loads(uncommented)  # valid TOML
     full, empty = load(config, uncommented), load(config, "")
     for section in (
@@ -135,7 +140,8 @@ prefix = "/streams/captaflow/"
     assert settings.source.file == config.parent / "chats" / "demo.jsonl"
     assert settings.source.speed == 4.0
     assert settings.source.mapping["text"] == "data.message.text"
-    assert settings.source.mapping["id"] == "id"
+    assert "id" not in settings.source.mapping
+    assert settings.source.options["file"] == str(config.parent / "chats" / "demo.jsonl")
     assert settings.audience.bots == ("mybot", "otherbot")
     assert settings.display.emotions == ("anger", "joy", "surprise")  # the model's order
     assert set(settings.display.emotions) <= set(LABELS)
@@ -218,7 +224,9 @@ def test_each_check_refuses_bad_values(config: Path, text: str, fragment: str) -
 def test_unknown_keys_get_a_did_you_mean(config: Path) -> None:
     assert "did you mean 'messages'?" in error_of(config, "[window]\nmesages = 5\n")
     assert "did you mean 'window'?" in error_of(config, "[windows]\nmessages = 5\n")
-    assert "unknown setting source.mapping.txt" in error_of(config, '[source.mapping]\ntxt = "a"\n')
+    assert error_of(config, '[source.mapping]\ntxt = "a"\n').startswith(
+        f'source.mapping.txt = "a" in {config}: expected mapping keys among text, id'
+    )
     assert "must be a [table]" in error_of(config, "window = 3\n")
 
 
@@ -345,11 +353,21 @@ def test_without_environment_or_keyring_backend_secrets_are_quietly_absent() -> 
 
 
 def test_setup_problem_says_what_the_source_still_needs(config: Path, tmp_path: Path) -> None:
-    assert "no channel set: pass --channel NAME" in (setup_problem(load(config, "")) or "")
+    assert (setup_problem(load(config, "")) or "").startswith(
+        'no channel set for the "twitch" source: pass --channel NAME, or set channel = "name" '
+        f"under [source] in {config}"
+    )
     assert setup_problem(load(config, '[source]\nchannel = "xqcow"\n')) is None
     assert "server_url" in (setup_problem(load(config, '[source]\nkind = "ws"\n')) or "")
     missing = setup_problem(load(config, '[source]\nkind = "replay"\nfile = "nope.jsonl"\n'))
-    assert missing is not None and "does not exist" in missing
+    assert missing == (
+        f"the file {config.parent / 'nope.jsonl'} does not exist: check --file (or file under "
+        f"[source] in {config})"
+    )
+    # The source's own rule, from its descriptor: Social Stream Ninja needs its session id.
+    ssn = load(config, '[source]\nkind = "ssn"\n')
+    assert "captaflow secrets set ssn_session" in (setup_problem(ssn, secrets={}) or "")
+    assert setup_problem(ssn, secrets={"ssn_session": "abc123"}) is None
 
 
 # --- logs ----------------------------------------------------------------------------------------
@@ -387,3 +405,60 @@ def test_logs_rotate(tmp_path: Path) -> None:
     files = sorted(f.name for f in (tmp_path / "logs").iterdir())
     assert files == ["captaflow.log", "captaflow.log.1", "captaflow.log.2"]
     assert all((tmp_path / "logs" / f).stat().st_size <= 2000 for f in files)
+
+
+# --- the [source] schema comes from the sources' descriptors ----------------------------------
+
+
+def test_the_source_keys_are_the_common_ones_plus_each_descriptors(config: Path) -> None:
+    from agent.sources import DESCRIPTORS
+
+    text = default_config_text()
+    source_part = text.split("[source]", 1)[1].split("\n[", 1)[0]
+    own = [spec.name for d in DESCRIPTORS for spec in d.settings]
+    names = "|".join(["kind", "channel", "server_url", *own])
+    written = re.findall(rf"^#? ?({names}) = ", source_part, flags=re.M)
+    assert written[:3] == ["kind", "channel", "server_url"]
+    assert sorted(written[3:]) == sorted(dict.fromkeys(own))
+    for found in DESCRIPTORS:
+        assert f'"{found.kind}": {found.summary}' in source_part
+        for secret in found.secrets:
+            assert secret.env in text and secret.keyring in text
+
+
+def test_the_ws_mapping_takes_a_filter_and_constants_as_documented(config: Path) -> None:
+    settings = load(
+        config,
+        """
+[source]
+kind = "ws"
+server_url = "ws://127.0.0.1:9000/chat"
+[source.mapping]
+text = "data.message"
+author = "data.user.name"
+platform = "=youtube"
+where = "type=chat"
+""",
+    )
+    assert dict(settings.source.mapping) == {
+        "text": "data.message",
+        "author": "data.user.name",
+        "platform": "=youtube",
+        "where": "type=chat",
+    }
+    inline = load(config, '[source]\nmapping = { text = "msg", channel = "=mine" }\n')
+    assert dict(inline.source.mapping) == {"text": "msg", "channel": "=mine"}
+
+
+@pytest.mark.parametrize(
+    ("entry", "raw"),
+    [("where", '"type"'), ("where", '"=chat"'), ("platform", '"="'), ("text", '"a b"')],
+)
+def test_a_bad_mapping_entry_is_named(config: Path, entry: str, raw: str) -> None:
+    message = error_of(config, f"[source.mapping]\n{entry} = {raw}\n")
+    assert message.startswith(f"source.mapping.{entry} = {raw} in {config}: expected ")
+    assert "for mapping key" not in message
+
+
+def test_a_secret_inside_the_mapping_is_refused_too(config: Path) -> None:
+    assert "looks like a secret" in error_of(config, '[source.mapping]\ntoken = "abc"\n')
