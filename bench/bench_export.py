@@ -33,6 +33,24 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
+# Runs `python -m model_export` as on a machine without torch, transformers and optimum
+# (what `pip install captaflow[export]` gives): the path finder does not find them.
+HIDE_HEAVY = """
+import importlib.abc, importlib.machinery, runpy, sys
+HEAVY = ("torch", "transformers", "optimum")
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HEAVY:
+            return None
+        return importlib.machinery.PathFinder.find_spec(name, path, target)
+    def find_distributions(self, *args, **kwargs):
+        for dist in importlib.machinery.PathFinder.find_distributions(*args, **kwargs):
+            if (dist.metadata["Name"] or "").lower() not in HEAVY:
+                yield dist
+sys.meta_path[:] = [Absent() if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+sys.argv[0] = "model_export"
+runpy.run_module("model_export", run_name="__main__", alter_sys=True)
+"""
 STAGE_LINE = re.compile(r"^\[\s*([0-9.]+)s\] (.*)$")
 SAMPLE_S = 0.05
 
@@ -71,11 +89,13 @@ def _tree_rss(proc: psutil.Process, look_for_torch: bool = False) -> tuple[int, 
 
 
 def measure(via: str, kind: str, threads: int, python: str) -> Run:
+    """`via` is light, optimum, none (no --via flag), or light-no-torch (light, with torch,
+    transformers and optimum hidden as if not installed)."""
+    hide = via.endswith("-no-torch")
     with tempfile.TemporaryDirectory(prefix="captaflow-bench-export-") as scratch:
         command = [
             python,
-            "-m",
-            "model_export",
+            *(["-c", HIDE_HEAVY] if hide else ["-m", "model_export"]),
             f"--{kind}",
             "--out",
             str(Path(scratch) / "bundle"),
@@ -83,7 +103,7 @@ def measure(via: str, kind: str, threads: int, python: str) -> Run:
             str(threads),
         ]
         if via != "none":
-            command += ["--via", via]
+            command += ["--via", via.removesuffix("-no-torch")]
         run = Run(via=via, command=command)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         before = resource.getrusage(resource.RUSAGE_CHILDREN)

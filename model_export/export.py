@@ -422,20 +422,21 @@ def _export_onnx(model: Any, tokenizer: Any, directory: Path) -> Path:
 def _fuse(
     fp32_path: Path, out_path: Path, config: Any, opt_level: int | None = None
 ) -> dict[str, Any]:
-    from onnxruntime.transformers.optimizer import optimize_model
+    from model_export.lean import fuse_bert
 
     # opt_level None is the optimizer's default for "bert" (1: an onnxruntime pass first,
     # which imports torch and holds another copy of the model); the light path's graph needs
-    # no such pass (0 fuses it the same, tested) and must run without torch.
-    optimized = optimize_model(
-        str(fp32_path),
+    # no such pass (0 fuses it the same, tested) and must run without torch. fuse_bert is
+    # optimize_model + save, leaving the weights on disk when they are external (light path).
+    optimized = fuse_bert(
+        fp32_path,
+        out_path,
         model_type="bert",
         num_heads=int(config.num_attention_heads),
         hidden_size=int(config.hidden_size),
         opt_level=opt_level,
     )
     fused = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
-    optimized.save_model_to_file(str(out_path))
     return {
         "tool": "onnxruntime.transformers.optimizer",
         "model_type": "bert",
@@ -446,12 +447,15 @@ def _fuse(
 
 
 def _quantize(fused_path: Path, work: Path, out_path: Path, settings: QuantizationSettings) -> None:
-    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from model_export.lean import pre_process
 
     prepared = work / "model.prepared.onnx"
     # Shape inference over the fused contrib ops; without it quantize_dynamic misses
-    # MatMuls whose input shapes it cannot see.
-    quant_pre_process(str(fused_path), str(prepared), skip_optimization=True, auto_merge=True)
+    # MatMuls whose input shapes it cannot see. (quant_pre_process, weights left on disk
+    # when they are external.)
+    pre_process(fused_path, prepared, skip_optimization=True, auto_merge=True)
     quantize_dynamic(
         str(prepared),
         str(out_path),
@@ -530,9 +534,12 @@ REFERENCES = {"light": "the fp32 ONNX graph", "optimum": "PyTorch fp32"}
 
 
 def _light_fp32(
-    local_dir: Path, onnx_dir: Path, source: str, max_length: int, disk: Path
+    local_dir: Path, work: Path, source: str, max_length: int, disk: Path
 ) -> tuple[Any, Any, Path]:
-    """The light path's first stage: config, tokenizer and fp32 graph, without PyTorch."""
+    """The light path's first stage: config, tokenizer and fp32 graph, without PyTorch.
+
+    The graph goes to `work` (model.fp32.onnx + its .data), beside the fused and prepared
+    graphs, so those keep pointing into its data file instead of copying the weights."""
     from model_export.graph import build_fp32_onnx, check_buildable, read_config, weight_bytes
     from model_export.hfdir import load_tokenizer
 
@@ -541,7 +548,7 @@ def _light_fp32(
     check_buildable(config, source)
     _check_disk(disk, weight_bytes(local_dir))
     tokenizer = load_tokenizer(local_dir)
-    return tokenizer, config, build_fp32_onnx(local_dir, onnx_dir / "model.onnx", config=config)
+    return tokenizer, config, build_fp32_onnx(local_dir, work / "model.fp32.onnx", config=config)
 
 
 def _torch_fp32(
@@ -647,7 +654,7 @@ def export_bundle(
         if via == "light":
             with stage(f"loading {source} into an fp32 ONNX graph (onnx + numpy, no PyTorch)"):
                 tokenizer, config, fp32_path = _light_fp32(
-                    Path(local_dir), work / "onnx", source, max_length, out.parent
+                    Path(local_dir), work, source, max_length, out.parent
                 )
                 reference = None  # computed on this fp32 graph once tokenizer.json exists
         else:

@@ -447,3 +447,101 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="refusing to unpickle"):
         build_fp32_onnx(directory, tmp_path / "out" / "model.onnx")
     assert not (tmp_path / "pwned").exists()
+
+
+# --- fusion and pre-processing with the weights left on disk (model_export.lean) -----------
+
+
+def _tensors(path: Path) -> dict[str, np.ndarray]:
+    model = onnx.load(str(path))  # external data resolved beside the file
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _same_graph(a: Path, b: Path) -> None:
+    ga, gb = (
+        onnx.load(str(a), load_external_data=False),
+        onnx.load(str(b), load_external_data=False),
+    )
+    assert [(n.op_type, list(n.input), list(n.output)) for n in ga.graph.node] == [
+        (n.op_type, list(n.input), list(n.output)) for n in gb.graph.node
+    ]
+    ta, tb = _tensors(a), _tensors(b)
+    assert ta.keys() == tb.keys()
+    for name, value in ta.items():
+        np.testing.assert_array_equal(value, tb[name], err_msg=name)
+
+
+def test_lean_fusion_and_pre_processing_give_the_ordinary_graphs(
+    source: Path, tmp_path: Path
+) -> None:
+    from onnxruntime.quantization import quant_pre_process
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from model_export.lean import fuse_bert, has_external_data, pre_process
+
+    fp32 = build_fp32_onnx(source, tmp_path / "model.fp32.onnx")
+    assert has_external_data(fp32)
+    config = read_config(source)
+    options = {
+        "model_type": "bert",
+        "num_heads": config.num_attention_heads,
+        "hidden_size": config.hidden_size,
+        "opt_level": 0,
+    }
+    lean = fuse_bert(fp32, tmp_path / "model.fused.onnx", **options)
+    ordinary = tmp_path / "ordinary"
+    ordinary.mkdir()
+    reference = optimize_model(str(fp32), **options)
+    reference.save_model_to_file(str(ordinary / "model.fused.onnx"))
+    assert lean.get_fused_operator_statistics() == reference.get_fused_operator_statistics()
+    # The lean output keeps its unchanged weights in the fp32 graph's data file.
+    assert has_external_data(tmp_path / "model.fused.onnx")
+    assert not has_external_data(ordinary / "model.fused.onnx")
+    _same_graph(tmp_path / "model.fused.onnx", ordinary / "model.fused.onnx")
+
+    pre_process(
+        tmp_path / "model.fused.onnx",
+        tmp_path / "model.prepared.onnx",
+        skip_optimization=True,
+        auto_merge=True,
+    )
+    quant_pre_process(
+        str(ordinary / "model.fused.onnx"),
+        str(ordinary / "model.prepared.onnx"),
+        skip_optimization=True,
+        auto_merge=True,
+    )
+    _same_graph(tmp_path / "model.prepared.onnx", ordinary / "model.prepared.onnx")
+    lean_model = onnx.load(str(tmp_path / "model.prepared.onnx"), load_external_data=False)
+    ordinary_model = onnx.load(str(ordinary / "model.prepared.onnx"), load_external_data=False)
+    assert {v.name: v.type for v in lean_model.graph.value_info} == {
+        v.name: v.type for v in ordinary_model.graph.value_info
+    }
+    assert {p.key: p.value for p in lean_model.metadata_props} == {
+        p.key: p.value for p in ordinary_model.metadata_props
+    }
+    feeds = _encode(source, TEXTS[:8])
+    np.testing.assert_array_equal(
+        _run(tmp_path / "model.prepared.onnx", feeds), _run(ordinary / "model.prepared.onnx", feeds)
+    )
+
+
+def test_lean_fusion_falls_back_when_the_output_is_elsewhere(
+    light_onnx: Path, source: Path, tmp_path: Path
+) -> None:
+    from model_export.lean import fuse_bert, has_external_data
+
+    config = read_config(source)
+    out = tmp_path / "elsewhere" / "model.fused.onnx"
+    out.parent.mkdir()
+    fuse_bert(
+        light_onnx,
+        out,
+        model_type="bert",
+        num_heads=config.num_attention_heads,
+        hidden_size=config.hidden_size,
+        opt_level=0,
+    )
+    assert not has_external_data(out)  # a whole graph, not one pointing into another folder
+    feeds = _encode(source, TEXTS[:4])
+    np.testing.assert_allclose(_run(out, feeds), _run(light_onnx, feeds), atol=1e-5)
