@@ -488,6 +488,7 @@ def cmd_demo(inv: Invocation) -> int:
             displayed=tuple(settings.display.emotions),
             out=Path(settings.reports_dir) / "demo.html",
             samples=_journal_samples(settings),
+            model_labels=_model_labels(settings),
         )
         print(f"report: {out}", file=sys.stderr)
     except CaptaFlowError as exc:
@@ -534,6 +535,13 @@ def cmd_score(inv: Invocation) -> int:
                     f"→ {dominant_label(values, displayed)}"
                 )
     return 0
+
+
+def _model_labels(settings: Settings) -> dict[str, str | None]:
+    """The model's test label for the report's banner (app's agent.model_download)."""
+    from agent.model_download import model_labels
+
+    return model_labels(settings.model.dir)
 
 
 def _journal_samples(settings: Settings) -> Any:
@@ -634,6 +642,7 @@ def cmd_report(inv: Invocation) -> int:
         displayed=tuple(settings.display.emotions),
         samples=_journal_samples(settings),
         out=out,
+        model_labels=_model_labels(settings),
     )
     print(path)
     if args.open and not _open_in_browser(path):

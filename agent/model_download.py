@@ -91,6 +91,19 @@ def bundle_test_label(model_dir: Path | str | None) -> str | None:
     return text or None
 
 
+def model_labels(model_dir: Path | str | None) -> dict[str, str | None]:
+    """{model id: test-model label or None} of the bundle at `model_dir` ({} if none), for
+    the report's banner (`agent.report.build_report(model_labels=...)`)."""
+    if model_dir is None:
+        return {}
+    try:
+        data = json.loads((Path(model_dir) / MANIFEST_FILE).read_text(encoding="utf-8"))
+        model_id = str(data["source_model"]["id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {model_id: bundle_test_label(model_dir)}
+
+
 # ---------------------------------------------------------------------------------------------
 # Fetching, with resume.
 

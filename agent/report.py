@@ -37,7 +37,7 @@ import math
 import os
 import re
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -405,8 +405,13 @@ def build_report(
     out: Path,
     params: MomentParams | None = None,
     max_points: int = MAX_CHART_POINTS,
+    model_labels: Mapping[str, str | None] | None = None,
 ) -> Path:
     """Write the HTML report of one session to `out` and return its path.
+
+    `model_labels` maps a model id to its test-model label (None for a real model), as
+    `agent.model_download.model_labels` reads it from a bundle: the page names the model
+    its readings came from and warns when that is a test model (random emotions).
 
     The session is `session_id`, else the latest one started on `date` (UTC, YYYY-MM-DD),
     else the latest one (`latest`, also the default). `samples` gives each moment a few
@@ -436,8 +441,29 @@ def build_report(
         displayed=displayed,
         journal_available=samples is not None,
         max_points=max_points,
+        model_banner=model_banner_html(session, model_labels or {}),
     )
     return _write_atomically(Path(out), page)
+
+
+def model_banner_html(session: pd.DataFrame, labels: Mapping[str, str | None]) -> str:
+    """Which model made the readings, and a warning when it is a test model."""
+    if "model_id" not in session.columns or session.empty:
+        return ""
+    ids = [str(x) for x in dict.fromkeys(session["model_id"].tolist())]
+    named = ", ".join(f"<code>{_esc(model)}</code>" for model in ids)
+    tests = [
+        labels.get(model) or ("random weights" if "random" in model else None) for model in ids
+    ]
+    found = [label for label in tests if label]
+    if found:
+        return (
+            f'<p class="badge test-model" style="display:block;background:#fef3c7;'
+            f'color:#92400e;padding:6px 10px;font-size:14px">&#9888; TEST MODEL '
+            f"({_esc(', '.join(dict.fromkeys(found)))}): these readings come from {named}, "
+            f"a model with random weights; the emotions mean nothing about the chat.</p>"
+        )
+    return f'<p class="meta">readings by {named}</p>'
 
 
 def _check_displayed(displayed: Sequence[str]) -> tuple[str, ...]:
@@ -491,6 +517,7 @@ def render_report(
     displayed: tuple[str, ...],
     journal_available: bool,
     max_points: int = MAX_CHART_POINTS,
+    model_banner: str = "",
 ) -> str:
     """The report page as a string (pure: no I/O besides reading the packaged template)."""
     info = sessions[sessions["session_id"] == chosen].iloc[0]
@@ -508,7 +535,7 @@ def render_report(
     ]
     values = {
         "TITLE": _esc(f"CaptaFlow · {info['channel']} · {chosen}"),
-        "SUMMARY": _summary_html(info),
+        "SUMMARY": _summary_html(info) + model_banner,
         "LEGEND": _legend_html(displayed),
         "MOMENTS": _moments_html(moments, moment_samples, journal_available),
         "SESSIONS": _sessions_html(sessions, chosen),

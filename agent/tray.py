@@ -888,6 +888,7 @@ def _download_model(settings: Settings, progress: Callable[[Progress], None]) ->
 def open_latest_report(settings: Settings) -> Path:
     """Build the report of the latest session into the reports folder and open it."""
     from agent.journal import sample_source
+    from agent.model_download import model_labels
     from agent.report import build_report
 
     out = build_report(
@@ -896,6 +897,7 @@ def open_latest_report(settings: Settings) -> Path:
         displayed=tuple(settings.display.emotions),
         samples=sample_source(settings.journal_path),
         out=_made(settings.paths.reports_dir) / "latest.html",
+        model_labels=model_labels(settings.model.dir),
     )
     open_with_default_app(out)
     return out
