@@ -1,0 +1,230 @@
+"""Every platform from settings to the wire: a TOML file and the environment, the real CLI
+(`python -m agent run` in a subprocess, as a streamer starts it), loopback fakes of the
+bridges that follow their published frames (tests/platform_fakes.py cites each), the real
+tiny model, the spool, and moto's S3 for the keys.
+
+What a streamer on YouTube, Kick or TikTok sees: readings filed under the platform the chat
+came from (`platform=youtube/...` in S3, whatever the bridge), a Super Chat's words scored,
+a Kick ban via Streamer.bot keeping the banned viewer out of later readings."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.spool import iter_readings
+from agent.vocab import Reading
+from tests.platform_fakes import (
+    FakeSsnRelay,
+    FakeStreamerbot,
+    sb_kick_banned,
+    sb_kick_chat,
+    sb_youtube,
+    ssn_row,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    pytest.mark.network,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX"),
+]
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    readings: list[Reading]
+    status: dict[str, Any]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def environment(tmp_path: Path, extra: dict[str, str]) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "CAPTAFLOW_CONFIG": str(tmp_path / "config.toml"),
+        "CAPTAFLOW_DATA_DIR": str(tmp_path / "data"),
+        "CAPTAFLOW_NO_KEYRING": "1",
+        **extra,
+    }
+
+
+def run_agent(tmp_path: Path, bundle: Path, config: str, env: dict[str, str], messages: int) -> Run:
+    """`captaflow run` until `messages` chat messages are in, then Ctrl-C (it seals)."""
+    (tmp_path / "config.toml").write_text(config)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--model", str(bundle), "--quiet"],
+        env=environment(tmp_path, env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    status_file = tmp_path / "data" / "status.json"
+
+    def status() -> dict[str, Any]:
+        try:
+            return dict(json.loads(status_file.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    try:
+        wait_for(
+            lambda: proc.poll() is not None or status().get("messages_total", 0) >= messages, 120
+        )
+        time.sleep(0.5)  # the last messages into windows before the stop
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    readings = list(iter_readings(tmp_path / "data" / "spool"))
+    return Run(proc.returncode, out, err, readings, status())
+
+
+def one_shot_sync(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "sync"], env=environment(tmp_path, env),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def s3_keys(s3_env: dict[str, str], bucket: str) -> list[str]:
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=s3_env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
+    )
+    listing = s3.list_objects_v2(Bucket=bucket)
+    return [item["Key"] for item in listing.get("Contents", [])]
+
+
+def new_bucket(s3_env: dict[str, str]) -> str:
+    import boto3
+
+    name = f"captaflow-test-{uuid.uuid4().hex[:12]}"
+    boto3.client(
+        "s3",
+        endpoint_url=s3_env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
+    ).create_bucket(Bucket=name)
+    return name
+
+
+def by_platform(readings: list[Reading], field: str) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for reading in readings:
+        totals[reading.platform] = totals.get(reading.platform, 0) + int(getattr(reading, field))
+    return totals
+
+
+def config_for(kind: str, url: str, bucket: str, extra: str = "") -> str:
+    return (
+        f'[source]\nkind = "{kind}"\nchannel = "streamer"\nserver_url = "{url}"\n{extra}\n'
+        f'[window]\nmessages = 3\n\n[sync]\nbucket = "{bucket}"\ninterval_seconds = 3600\n'
+    )
+
+
+def test_streamerbot_with_a_password_youtube_super_chat_and_a_kick_ban(
+    tmp_path: Path, tiny_bundle: Path, s3_server: dict[str, str]
+) -> None:
+    """Authentication and Enforce on in Streamer.bot, the password in the environment."""
+    banned, other = ("777", "baduser"), ("778", "gooduser")
+    script: list[Any] = [
+        sb_youtube("Message", "y1", "hello from youtube", "UCv1", "Viewer One"),
+        sb_youtube("Message", "y2", "this stream is great", "UCv2", "Viewer Two"),
+        sb_youtube("SuperChat", "y3", "a super chat with real words", "UCv3", "Rich Fan"),
+        *(sb_kick_chat(f"k{n}", f"kick message {n}", *other) for n in range(3)),
+        sb_kick_chat("kb1", "something rude", *banned),
+        sb_kick_chat("kb2", "more rude things", *banned),
+        sb_kick_banned(*banned),
+        sb_kick_chat("kb3", "still here after the ban?", *banned),
+        sb_kick_chat("kb4", "and again", *banned),
+        *(sb_kick_chat(f"k{n}", f"kick message {n}", *other) for n in range(3, 6)),
+    ]
+    bucket = new_bucket(s3_server)
+    env = {**s3_server, "CAPTAFLOW_STREAMERBOT_PASSWORD": "hunter2"}
+    with FakeStreamerbot(password="hunter2", enforce=True, events=[script]) as bot:
+        run = run_agent(
+            tmp_path, tiny_bundle, config_for("streamerbot", bot.url, bucket), env, messages=13
+        )
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr and "hunter2" not in run.stderr + run.stdout
+    assert [r["request"] for r in bot.requests][:2] == ["Authenticate", "Subscribe"]
+    counted = by_platform(run.readings, "message_count")
+    assert by_platform(run.readings, "scored_count")["youtube"] == 3  # the Super Chat too
+    # The banned viewer's messages stay out of the readings; the others' are all there.
+    assert counted == {"youtube": 3, "kick": 6}
+    assert {getattr(r, "via", "streamerbot") for r in run.readings} == {"streamerbot"}
+    synced = one_shot_sync(tmp_path, env)
+    assert synced.returncode == 0, synced.stderr
+    keys = s3_keys(s3_server, bucket)
+    assert any("platform=youtube/channel=streamer/" in key for key in keys), keys
+    assert any("platform=kick/channel=streamer/" in key for key in keys), keys
+    assert not any("platform=streamerbot" in key for key in keys), keys
+
+
+@pytest.mark.parametrize("join", ["message", "url"])
+def test_social_stream_ninja_both_join_styles_file_under_the_chats_platforms(
+    join: str, tmp_path: Path, tiny_bundle: Path, s3_server: dict[str, str]
+) -> None:
+    session = "XyZ123abc"
+    rows: list[Any] = [
+        ssn_row(1, "hi from shorts", type_="youtubeshorts"),
+        ssn_row(2, "great stream!", type_="youtube", event="superchat", hasDonation="$5.00"),
+        ssn_row(3, "love this part", type_="youtube"),
+        ssn_row(4, "followed", type_="tiktok", event="new_follower"),  # not chat
+        *(ssn_row(n, f"tiktok chat {n}", type_="tiktok") for n in range(5, 8)),
+        ssn_row(9, "thank you!", type_="tiktok", event="donation", hasDonation="5 roses"),
+        ssn_row(10, "the rest", type_="tiktok"),
+        ssn_row(11, "and more", type_="tiktok"),
+    ]
+    bucket = new_bucket(s3_server)
+    with FakeSsnRelay(session, rows) as relay:
+        if join == "message":
+            env = {**s3_server, "CAPTAFLOW_SSN_SESSION": session}
+            url = relay.url
+        else:
+            env = dict(s3_server)
+            url = f"{relay.url}/join/{session}/4"
+        run = run_agent(tmp_path, tiny_bundle, config_for("ssn", url, bucket), env, messages=9)
+    assert run.returncode == 0, run.stderr
+    assert session not in run.stderr + run.stdout
+    expected_join = ("message", {"join": session, "in": 4}) if join == "message" else None
+    if expected_join is not None:
+        assert relay.joins[0] == expected_join
+    assert by_platform(run.readings, "message_count") == {"youtube": 3, "tiktok": 6}
+    synced = one_shot_sync(tmp_path, env)
+    assert synced.returncode == 0, synced.stderr
+    keys = s3_keys(s3_server, bucket)
+    assert any("platform=youtube/" in key for key in keys), keys
+    assert any("platform=tiktok/" in key for key in keys), keys
+    assert not any("platform=ssn" in key or "platform=other" in key for key in keys), keys
