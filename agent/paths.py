@@ -1,7 +1,7 @@
 """Where CaptaFlow keeps its files on this machine.
 
 The defaults follow each platform's conventions (platformdirs): on Windows the settings go
-to `%APPDATA%\\CaptaFlow\\CaptaFlow\\config.toml`, the data to
+to `%LOCALAPPDATA%\\CaptaFlow\\CaptaFlow\\config.toml`, the data to
 `%LOCALAPPDATA%\\CaptaFlow\\CaptaFlow`.
 Two switches move them, so tests, portable installs and a second profile never touch the
 real ones: `--data-dir` / `CAPTAFLOW_DATA_DIR` (data, and the logs inside it) and

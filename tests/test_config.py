@@ -462,3 +462,16 @@ def test_a_bad_mapping_entry_is_named(config: Path, entry: str, raw: str) -> Non
 
 def test_a_secret_inside_the_mapping_is_refused_too(config: Path) -> None:
     assert "looks like a secret" in error_of(config, '[source.mapping]\ntoken = "abc"\n')
+
+
+def test_the_readmes_ws_example_loads_as_it_says(config: Path) -> None:
+    # The documentation is what a user copies: it must be accepted exactly as written.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    [example] = re.findall(r"```toml\n(.*?)```", section, flags=re.S)
+    settings = load(config, example)
+    assert settings.source.kind == "ws" and settings.source.server_url.startswith("ws://")
+    assert settings.source.mapping["where"] == "type=chat"
+    assert settings.source.mapping["platform"] == "=youtube"
+    [inline] = re.findall(r"`(mapping = \{[^`]*\})`", section)
+    assert load(config, f"[source]\n{inline}\n").source.mapping["where"] == "type=chat"
