@@ -24,7 +24,7 @@ from agent.config import Settings
 from agent.errors import SettingsError
 from agent.journal import Journal
 from agent.pipeline import Pipeline, PipelineRules, Scorer
-from agent.sources.base import ChatSource, ModerationCallback, StatusCallback
+from agent.sources import ChatSource, ModerationCallback, StatusCallback, descriptor
 from agent.spool import Spool
 from agent.vocab import AgentStatus, Reading, StatusRecord, validate_name
 from agent.windows import WindowPolicy
@@ -35,12 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("captaflow.assembly")
 
-STATUS_FILE = "status.json"
 STATUS_WRITE_SECONDS = 2.0
-
-# The bridge each source kind is, for readings recovered from the journal (which keeps no
-# `via`); messages say their own.
-_BRIDGES = {"streamerbot": "streamerbot", "ssn": "ssn", "ws": "ws"}
 
 
 def open_scorer(settings: Settings) -> Scorer:
@@ -81,7 +76,8 @@ def pipeline_rules(
         own_session=own_session,
         repeatable=own_session,
         recording_clock=kind == "replay",
-        via=_BRIDGES.get(kind, ""),
+        # For readings recovered from the journal, which keeps no `via`; messages say theirs.
+        via=descriptor(kind).via,
         # A recording is filed under the chat it recorded unless a channel is given.
         channel=validate_name(settings.source.channel)
         if kind == "replay" and settings.source.channel
@@ -90,11 +86,13 @@ def pipeline_rules(
 
 
 def expected_timeline(settings: Settings) -> tuple[str, str] | None:
-    """The (platform, channel) a source's chat is known to come from before it says so: Twitch
-    only. A bridge or a recording names each message's platform, so its timelines open as
-    the chat arrives."""
+    """The (platform, channel) a source's chat is known to come from before it says so: a
+    source that reads one platform itself (no bridge) is named after it (twitch). A bridge
+    or a recording names each message's platform, so its timelines open as the chat
+    arrives."""
     src = settings.source
-    if src.kind == "replay":
+    found = descriptor(src.kind)
+    if not found.needs_channel:
         return None
     if not src.channel:
         raise SettingsError(
@@ -102,7 +100,7 @@ def expected_timeline(settings: Settings) -> tuple[str, str] | None:
             "in the config file"
         )
     channel = validate_name(src.channel)
-    return ("twitch", channel) if src.kind == "twitch" else None
+    return None if found.via else (found.kind, channel)
 
 
 def open_journal(settings: Settings) -> Journal:
@@ -139,22 +137,10 @@ def open_source(
     on_status: StatusCallback | None = None,
     on_moderation: ModerationCallback | None = None,
 ) -> ChatSource:
-    """The chat source the settings name, with its secret."""
-    from agent.sources import make_source
+    """The chat source the settings name, with its secrets (environment, then keyring)."""
+    from agent.sources import open_source as open_configured_source
 
-    s = settings.source
-    channel = validate_name(s.channel) if s.channel else ""
-    return make_source(
-        s.kind,
-        channel=channel,
-        server_url=s.server_url or None,
-        file=Path(s.file) if s.file else None,
-        speed=s.speed,
-        token=settings.secrets().twitch_token if s.kind == "twitch" else None,
-        mapping=dict(s.mapping) if s.mapping else None,
-        on_status=on_status,
-        on_moderation=on_moderation,
-    )
+    return open_configured_source(settings.source, on_status=on_status, on_moderation=on_moderation)
 
 
 def open_uploader(settings: Settings) -> Uploader | None:
@@ -177,18 +163,6 @@ def attach_previews(pipeline: Pipeline, previews: ConsolePreviews) -> None:
         previews.batch(reading)
 
     pipeline.on_window.append(show)
-
-
-def status_file_path(settings: Settings) -> Path:
-    return Path(settings.data_dir) / STATUS_FILE
-
-
-def read_status_file(path: Path) -> StatusRecord | None:
-    """The last status another agent process wrote (None: none, or unreadable)."""
-    try:
-        return StatusRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
-        return None
 
 
 class StatusFileWriter:

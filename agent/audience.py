@@ -50,9 +50,6 @@ KNOWN_BOTS: frozenset[str] = frozenset(
     }
 )
 
-# The name the runtime imports.
-DEFAULT_BOTS = KNOWN_BOTS
-
 # '!' then a word character ("!discord", "!so @x"), also behind a '#' as in the emote
 # showcase command "!#showemote"; "!!!" and "! hello" are people shouting, not commands.
 _COMMAND_RE = re.compile(r"^\s*!#?\w", re.UNICODE)

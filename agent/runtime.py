@@ -33,7 +33,6 @@ from agent.assembly import (
     open_spool,
     open_uploader,
     pipeline_rules,
-    status_file_path,
 )
 from agent.config import Settings
 from agent.errors import CaptaFlowError, SourceError, SpoolError
@@ -122,7 +121,7 @@ class Agent:
         self._uploader_stop = threading.Event()
         self._uploader_thread: threading.Thread | None = None
         self._pipeline: Pipeline | None = None
-        self._status_file = StatusFileWriter(status_file_path(settings))
+        self._status_file = StatusFileWriter(settings.paths.status_file)
         self._scoring_wakeup: asyncio.Event | None = None
         self._draining = False
         self._last_publish = 0.0

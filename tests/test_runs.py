@@ -70,8 +70,16 @@ def test_a_poisoned_message_never_stops_the_readings_nor_a_restart(
 ) -> None:
     good = [chat_line(n) for n in range(40)]
     # JSON numbers past a float (1e400 is inf) and a time in the year 3170843.
-    poisoned = [*good[:13], '{"id": "p1", "text": "boom", "sent_at": 1e400}', *good[13:27],
-                '{"id": "p2", "text": "boom", "sent_at": 1e300}', *good[27:]]  # fmt: skip
+    boom = (
+        '{"platform": "twitch", "channel": "streamer", "id": "%s", "text": "boom", "sent_at": %s}'
+    )
+    poisoned = [
+        *good[:13],
+        boom % ("p1", "1e400"),
+        *good[13:27],
+        boom % ("p2", "1e300"),
+        *good[27:],
+    ]
     chat = write_chat(tmp_path / "chat.jsonl", poisoned)
     run = ("run", "--source", "replay", "--file", str(chat), "--speed", "max",
            "--model", str(tiny_bundle), "--quiet")  # fmt: skip
