@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.layout import CORRUPT_DIR
 from agent.vocab import StatusRecord
 
 if TYPE_CHECKING:
@@ -58,12 +59,11 @@ def model_facts(model_dir: Path) -> ModelFacts:
         manifest = Manifest.from_json(data)
     except (OSError, ValueError, KeyError, TypeError) as error:
         return ModelFacts(model_dir, present=True, problem=f"{type(error).__name__}: {error}")
-    label = data.get("test_model")
     return ModelFacts(
         model_dir,
         present=True,
         model_id=manifest.source_model_id,
-        test_model=str(label) if label else "",
+        test_model=manifest.test_model or "",
         parity=dict(manifest.parity),
     )
 
@@ -129,20 +129,24 @@ def _session_line(record: StatusRecord) -> str | None:
     )
 
 
-def _model_line(model: ModelFacts, running_model: str = "") -> str:
+def _model_lines(model: ModelFacts, running_model: str = "") -> list[str]:
+    """Which bundle is used and whether it is there; then, when known, whether it is a test
+    model and how closely its int8 outputs matched the original at export."""
     if not model.present:
-        return (
+        return [
             f"model: none at {model.directory}: run `captaflow export-model` once, or pass "
             f"--model DIR"
-        )
+        ]
     if model.problem:
-        return (
+        return [
             f"model: the bundle at {model.directory} cannot be read ({model.problem}): run "
             f"`captaflow export-model` again"
-        )
-    parts = [f"model: {model.model_id} at {model.directory}"]
+        ]
+    lines = [f"model: {model.model_id} at {model.directory}"]
+    if running_model and running_model != model.model_id:
+        lines[0] += f" (the running agent still uses {running_model}: restart it to switch)"
     if model.test_model:
-        parts.append(f"TEST MODEL ({model.test_model}): its emotions mean nothing")
+        lines.append(f"test model: {model.test_model}; its emotions mean nothing")
     figures = []
     max_diff = model.parity.get("max_abs_diff")
     if isinstance(max_diff, int | float):
@@ -151,10 +155,8 @@ def _model_line(model: ModelFacts, running_model: str = "") -> str:
     if isinstance(agreement, int | float):
         figures.append(f"top label agreement {agreement:.0%}")
     if figures:
-        parts.append("int8 parity: " + ", ".join(figures))
-    if running_model and running_model != model.model_id:
-        parts.append(f"the running agent still uses {running_model} (restart it to switch)")
-    return "; ".join(parts)
+        lines.append("parity: int8 vs the original, " + ", ".join(figures))
+    return lines
 
 
 def _sync_line(facts: StatusFacts, upload_state: str) -> str:
@@ -219,9 +221,9 @@ def status_lines(facts: StatusFacts) -> list[str]:
         f"spool: {facts.parts_waiting} part(s) waiting for upload, {facts.parts_uploaded} uploaded"
     )
     if facts.parts_set_aside:
-        spool += f", {facts.parts_set_aside} set aside in {facts.spool_dir / 'corrupt'}"
+        spool += f", {facts.parts_set_aside} set aside in {facts.spool_dir / CORRUPT_DIR}"
     lines.append(spool)
     lines.append(_sync_line(facts, live.upload_state if live is not None else ""))
-    lines.append(_model_line(facts.model, live.model_id if live is not None else ""))
+    lines.extend(_model_lines(facts.model, live.model_id if live is not None else ""))
     lines.append(f"data: {facts.data_dir}")
     return lines

@@ -388,9 +388,13 @@ def test_status_after_a_stop_says_stopped_once_each_and_names_the_model(
     [model] = [line for line in lines if line.startswith("model: ")]
     manifest = json.loads((tiny_bundle / "manifest.json").read_text(encoding="utf-8"))
     assert model.startswith(f"model: {manifest['source_model']['id']} at {tiny_bundle}")
-    assert "int8 parity: max diff " in model
+    assert model == f"model: {manifest['source_model']['id']} at {tiny_bundle}"
+    assert [line for line in lines if line.startswith("parity: ")] == [
+        f"parity: int8 vs the original, max diff {manifest['parity']['max_abs_diff']:.4f}, top "
+        f"label agreement {manifest['parity']['top_label_agreement']:.0%}"
+    ]
     if manifest.get("test_model"):
-        assert f"TEST MODEL ({manifest['test_model']})" in model
+        assert f"test model: {manifest['test_model']}; its emotions mean nothing" in lines
     assert f"data: {demo_home.data}" in lines
 
     with_bucket = demo_home.run("--config", str(demo_home.config), "status", "--bucket", "b-1")
