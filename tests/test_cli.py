@@ -632,3 +632,56 @@ def test_a_bad_ws_mapping_entry_is_named(home: Home, line: str, named: str) -> N
     message = error_line(home.run("run"), 2)
     assert message.startswith(f"captaflow: {named}")
     assert str(home.config) in message
+
+
+# ---- the tray gets every common flag ------------------------------------------------------------
+
+# The real entry point with `agent.tray.run_tray` replaced by a recorder: it reports what the
+# tray was given, and what a Start (which re-reads the settings file with the overrides) sees.
+TRAY_SPY = """
+import json, sys
+import agent.tray
+import agent.cli as cli
+from agent.config import load_settings
+
+def run_tray(settings, *, debug=False, overrides=None, **_):
+    again = load_settings(
+        settings.config_path, {"data_dir": settings.paths.data_dir, **(overrides or {})}
+    )
+    seen = {}
+    for name, got in (("given", settings), ("on_start", again)):
+        seen[name] = {
+            "data_dir": str(got.data_dir), "config": str(got.config_path),
+            "model": str(got.model.dir), "bucket": got.sync.bucket, "prefix": got.sync.prefix,
+            "channel": got.source.channel, "kind": got.source.kind,
+            "server_url": got.source.server_url, "log_level": got.log.level,
+        }
+    print(json.dumps(seen))
+    return 0
+
+agent.tray.run_tray = run_tray
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_the_bare_command_passes_every_common_flag_to_the_tray(home: Home) -> None:
+    home.write_settings('[source]\nchannel = "from_file"\n[sync]\nbucket = "file-bucket"\n')
+    model = home.root / "my-model"
+    flags = [
+        "--config", str(home.config), "--data-dir", str(home.data), "--model", str(model),
+        "--bucket", "flag-bucket", "--prefix", "streams/mine", "--channel", "from_flag",
+        "--source", "streamerbot", "--server-url", "ws://127.0.0.1:8081/", "--log-level", "debug",
+    ]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", TRAY_SPY, *flags], capture_output=True, text=True,
+        env=home.env(), timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    expected = {
+        "data_dir": str(home.data), "config": str(home.config), "model": str(model),
+        "bucket": "flag-bucket", "prefix": "streams/mine", "channel": "from_flag",
+        "kind": "streamerbot", "server_url": "ws://127.0.0.1:8081/", "log_level": "debug",
+    }  # fmt: skip
+    assert seen["given"] == expected
+    assert seen["on_start"] == expected, "a Start must keep the command line's flags"
