@@ -96,6 +96,15 @@ def text(value: Any, from_cli: bool) -> str:
     return value.strip()
 
 
+def http_url(value: Any, from_cli: bool) -> str:
+    """An http(s) URL with a host (Twitch's endpoints; tests point them at loopback)."""
+    value = text(value, from_cli)
+    scheme, _, rest = value.partition("://")
+    if scheme.lower() not in ("http", "https") or not rest or rest.startswith("/"):
+        raise Expected("an http:// or https:// address, for example https://api.twitch.tv/helix")
+    return value.rstrip("/")
+
+
 def choice(*options: str) -> Callable[[Any, bool], str]:
     expected = "one of " + ", ".join(f'"{option}"' for option in options)
 

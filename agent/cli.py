@@ -111,6 +111,16 @@ def _source_options(parser: argparse.ArgumentParser, *, top: bool = False) -> No
     )
 
 
+def _ui_options(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """The local web UI's port: for the tray (bare `captaflow`) and `run`."""
+    parser.add_argument(
+        "--ui-port",
+        metavar="N",
+        default=None if top else argparse.SUPPRESS,
+        help="the dashboard / OBS overlay port on 127.0.0.1 (ui.port; 0 = off)",
+    )
+
+
 def _command(
     sub: Any, name: str, summary: str, description: str = "", **kwargs: Any
 ) -> argparse.ArgumentParser:
@@ -130,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     _common(parser, top=True)
     _source_options(parser, top=True)
+    _ui_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     run = _command(
@@ -140,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         "readings on disk and upload them. Ctrl-C stops cleanly (the open part is sealed).",
     )
     _source_options(run)
+    _ui_options(run)
     run.add_argument("--file", help="recorded chat file for --source replay (JSONL or IRC log)")
     run.add_argument("--speed", help="replay speed: recorded, max, or a factor such as 10")
     run.add_argument("--quiet", action="store_true", help="no per-message preview lines")
@@ -210,6 +222,36 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--date", metavar="YYYY-MM-DD", help="the latest session of that day")
     report.add_argument("--out", metavar="FILE", help="where to write the HTML")
     report.add_argument("--open", action="store_true", help="open it in the browser")
+
+    markers = _command(
+        sub,
+        "markers",
+        "a session's moments as a marker list for video editors",
+        "Write a session's moments (the latest session by default) as a CSV (VOD time, "
+        "emotion, strength, sample messages), a CMX3600 EDL with markers (DaVinci Resolve: "
+        "Timelines > Import > Timeline Markers from EDL; Premiere Pro: File > Import) or a "
+        "YouTube chapter list for the video's description.",
+    )
+    markers.add_argument("--session", metavar="ID", help="the session (default: the latest)")
+    markers.add_argument("--format", choices=("csv", "edl", "chapters"), default="csv")
+    markers.add_argument("--out", metavar="FILE", help="write to FILE instead of printing")
+    markers.add_argument("--fps", type=int, default=30, help="EDL frame rate (24/25/30/50/60)")
+    markers.add_argument(
+        "--timeline-start",
+        default="01:00:00:00",
+        metavar="TC",
+        help="EDL timecode of the VOD's first frame (Resolve 01:00:00:00, Premiere 00:00:00:00)",
+    )
+
+    login = _command(
+        sub,
+        "login",
+        "log in to Twitch (stream markers for live moments)",
+        "Log in with Twitch's device code flow: open the address shown, enter the code, "
+        'approve. The token goes into the OS keyring (entry "twitch_token"). Needs '
+        "twitch.client_id in the settings.",
+    )
+    login.add_argument("platform", choices=["twitch"], help="twitch")
 
     ddl = _command(
         sub,
@@ -295,6 +337,7 @@ _FLAG_KEYS = {
     "server_url": "source.server_url",
     "file": "source.file",
     "speed": "source.speed",
+    "ui_port": "ui.port",
 }
 
 
@@ -745,6 +788,36 @@ def cmd_secrets(inv: Invocation) -> int:
     return 0
 
 
+def cmd_markers(inv: Invocation) -> int:
+    from agent.markers import session_markers
+
+    settings = inv.settings()
+    args = inv.args
+    text = session_markers(
+        Path(settings.spool.dir),
+        session_id=args.session,
+        fmt=args.format,
+        displayed=tuple(settings.display.emotions),
+        samples=_journal_samples(settings) if args.format == "csv" else None,
+        fps=args.fps,
+        timeline_start=args.timeline_start,
+    )
+    if args.out:
+        out = Path(args.out)
+        out.write_text(text, encoding="utf-8", newline="")
+        print(out)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_login(inv: Invocation) -> int:
+    from agent.twitch_api import login_twitch
+
+    login_twitch(inv.settings(), say=lambda line: print(line, file=sys.stderr, flush=True))
+    return 0
+
+
 def cmd_tray(inv: Invocation) -> int:
     from agent.tray import run_tray
 
@@ -767,6 +840,8 @@ COMMANDS: dict[str, Callable[[Invocation], int]] = {
     "model": cmd_model,
     "config": cmd_config,
     "secrets": cmd_secrets,
+    "markers": cmd_markers,
+    "login": cmd_login,
 }
 
 

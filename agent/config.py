@@ -39,6 +39,7 @@ from agent.checks import (
     boolean,
     bucket_name,
     choice,
+    http_url,
     key_prefix,
     name_or_empty,
     names_list,
@@ -295,6 +296,32 @@ _SCHEMA: dict[str, tuple[_Key, ...]] = {
             'How much goes into the log files: "debug", "info", "warning" or "error".',
         ),
     ),
+    "ui": (
+        _Key(
+            "port",
+            8730,
+            whole(0, 65535),
+            "The local dashboard and OBS overlay at http://127.0.0.1:PORT/ (this PC only).\n"
+            "0 = no web UI.",
+        ),
+    ),
+    "twitch": (
+        _Key(
+            "client_id",
+            "",
+            text,
+            "Your Twitch app's client id (register one at https://dev.twitch.tv/console, client\n"
+            'type "Public"), for `captaflow login twitch` and stream markers.',
+        ),
+        _Key(
+            "markers",
+            False,
+            boolean,
+            "Create a Twitch stream marker for each live moment (needs `captaflow login twitch`).",
+        ),
+        _Key("api_url", "https://api.twitch.tv/helix", http_url, "Twitch's Helix API; leave it."),
+        _Key("auth_url", "https://id.twitch.tv/oauth2", http_url, "Twitch's log-in; leave it."),
+    ),
 }
 
 # Names that say "this is a secret". They are refused in the file wherever they appear.
@@ -409,6 +436,19 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class UiSettings:
+    port: int = 8730
+
+
+@dataclass(frozen=True, slots=True)
+class TwitchSettings:
+    client_id: str = ""
+    markers: bool = False
+    api_url: str = "https://api.twitch.tv/helix"
+    auth_url: str = "https://id.twitch.tv/oauth2"
+
+
+@dataclass(frozen=True, slots=True)
 class Secrets:
     """Secrets found in the environment or the keyring; `repr` never shows them."""
 
@@ -433,6 +473,8 @@ class Settings:
     sync: SyncSettings
     journal: JournalSettings
     log: LogSettings
+    ui: UiSettings = field(default_factory=UiSettings)
+    twitch: TwitchSettings = field(default_factory=TwitchSettings)
     # (dotted key, value as TOML, where it came from: "default", "file" or "flag"), for
     # `captaflow config --show`; not part of what the settings are.
     explained: tuple[tuple[str, str, str], ...] = field(default=(), compare=False, repr=False)
@@ -480,6 +522,8 @@ class Settings:
                     "sync",
                     "journal",
                     "log",
+                    "ui",
+                    "twitch",
                 )
             },
             "secrets_in_environment": sorted(secrets.found_in),
@@ -757,6 +801,8 @@ def load_settings(
             **{key.name: get(f"journal.{key.name}") for key in _SCHEMA["journal"]}
         ),
         log=LogSettings(level=get("log.level")),
+        ui=UiSettings(port=get("ui.port")),
+        twitch=TwitchSettings(**{key.name: get(f"twitch.{key.name}") for key in _SCHEMA["twitch"]}),
         explained=tuple(
             explained(f"{section}.{spec.name}", spec)
             for section, specs in _SCHEMA.items()

@@ -129,6 +129,7 @@ class Agent:
         self._parts_waiting = 0
         self._disk_problem: str | None = None
         self.stats = RunStats()
+        self.live: Any = None  # agent.webui.LiveServices: live moments, markers, web UI
 
     # ---- the interface the tray and the command line use -------------------------------
 
@@ -138,6 +139,7 @@ class Agent:
             return
         self._done.clear()
         self._error = None
+        self._open_live()
         self._set_status(state=AgentState.STARTING, problem=None)
         self._thread = threading.Thread(
             target=self._thread_main, name="captaflow-agent", daemon=True
@@ -165,8 +167,14 @@ class Agent:
 
     def run_forever(self) -> int:
         """Run in this thread (headless `captaflow run`); Ctrl-C stops cleanly."""
-        with contextlib.suppress(KeyboardInterrupt):  # handled inside _main normally
-            asyncio.run(self._main())
+        self._open_live()
+        try:
+            with contextlib.suppress(KeyboardInterrupt):  # handled inside _main normally
+                asyncio.run(self._main())
+        finally:
+            if self.live is not None:
+                self.live.close()
+                self.live = None
         if self._error is not None:
             raise self._error
         return 0
@@ -186,6 +194,13 @@ class Agent:
         return duplicates_note(self.stats)
 
     # ---- internals ----------------------------------------------------------------------
+
+    def _open_live(self) -> None:
+        """Once: live moments, Twitch markers and the local web UI (agent/webui.py)."""
+        if self.live is None:
+            from agent.webui import attach
+
+            self.live = attach(self, self.settings)
 
     def _thread_main(self) -> None:
         try:

@@ -505,3 +505,41 @@ class MarkerPoster:
         self.created += 1
         self.state = f"on: {self.created} marker(s) made"
         log.info("twitch marker at %ss: %s", marker.get("position_seconds"), description)
+
+
+def login_twitch(
+    settings: object,
+    *,
+    say: Callable[[str], None],
+    store: Callable[[str, str], object] | None = None,
+    sender: Sender = send,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Token:
+    """`captaflow login twitch`: the device code flow with `twitch.client_id`, then the token
+    into the keyring entry twitch_token (also what the Twitch chat source reads)."""
+    twitch = getattr(settings, "twitch", None)
+    client_id = str(getattr(twitch, "client_id", "") or "")
+    auth_url = str(getattr(twitch, "auth_url", "") or DEFAULT_AUTH_URL)
+    if store is None:
+        from agent.secrets import store_secret
+
+        store = store_secret
+
+    def show(code: DeviceCode) -> None:
+        minutes = max(1, round(code.expires_in / 60))
+        say(f"To log CaptaFlow in to Twitch, open {code.verification_uri}")
+        say(f"and enter the code {code.user_code} (it is good for {minutes} minutes).")
+        say("Waiting for you to approve…")
+
+    token = device_login(
+        client_id, auth_url=auth_url, show=show, sender=sender, sleep=sleep, clock=clock
+    )
+    if token.scopes and MARKER_SCOPE not in token.scopes:
+        raise TwitchLoginError(
+            f"Twitch gave a token without {MARKER_SCOPE}: run the log-in again and approve "
+            "every permission asked"
+        )
+    store("twitch_token", token.access_token)
+    say('Logged in: the token is in the OS keyring (entry "twitch_token").')
+    return token

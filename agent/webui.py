@@ -386,6 +386,26 @@ class WebUI:
     def __repr__(self) -> str:  # never the token
         return f"WebUI(port={self.port})"
 
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def follow(
+        self,
+        agent: AgentLike,
+        *,
+        hub: LiveHub,
+        report: Callable[[str], Path] | None,
+        markers_toggle: Callable[[bool], str] | None,
+        displayed: tuple[str, ...],
+    ) -> None:
+        """Serve this agent from now on (the tray's next Start makes a new one)."""
+        self.agent = agent
+        self.hub = hub
+        self._report = report
+        self._markers_toggle = markers_toggle
+        self.state.displayed = displayed
+
     # ---- lifecycle -------------------------------------------------------------------
 
     def start(self, timeout: float = 10.0) -> None:
@@ -605,9 +625,10 @@ class WebUI:
         if action in ("start", "stop"):
             if self.agent is None:
                 return "no agent here"
-            if action == "start":
+            running = str(self.agent.status().state) in ("starting", "running", "trouble")
+            if action == "start" and not running:
                 self.agent.start()
-            else:
+            elif action == "stop" and running:
                 self.agent.stop()
             return str(self.agent.status().state)
         if self._markers_toggle is None:
@@ -629,7 +650,7 @@ def _setting(settings: Any, dotted: str, default: Any) -> Any:
 
 @dataclass
 class LiveServices:
-    """What `attach` started for an agent: the hub (always), the web UI (unless off)."""
+    """What `attach` set up for an agent: the hub (always), the web UI (unless off)."""
 
     hub: LiveHub
     web: WebUI | None
@@ -640,10 +661,20 @@ class LiveServices:
         return dashboard_url(self.web.port, self.token) if self.web is not None else None
 
     def close(self) -> None:
-        if self.web is not None:
-            self.web.stop()
+        """Stop the markers and the web UI (the end of a headless run)."""
         if self.hub.markers is not None:
             self.hub.markers.stop()
+        if self.web is not None:
+            with _SERVERS_LOCK:
+                if _SERVERS.get(self.web.port) is self.web:
+                    del _SERVERS[self.web.port]
+            self.web.stop()
+
+
+# One web UI per port and process: the tray makes a fresh agent for each Start, and the
+# dashboard (with its history) follows the newest one.
+_SERVERS: dict[int, WebUI] = {}
+_SERVERS_LOCK = threading.Lock()
 
 
 def open_markers(settings: Any, *, force: bool = False) -> Any | None:
@@ -714,24 +745,21 @@ def attach(agent: AgentLike, settings: Any) -> LiveServices:
             hub.markers = open_markers(settings, force=True)
         return hub.markers_state()
 
-    web = WebUI(
-        agent,
-        port=port,
-        token=token,
-        displayed=displayed,
-        report=report,
-        hub=hub,
-        markers_toggle=toggle,
-    )
-    try:
-        web.start()
-    except OSError as exc:
-        log.warning(
-            "web UI off: cannot listen on 127.0.0.1:%d (%s): set ui.port to a free port",
-            port,
-            exc.strerror or exc,
-        )
-        return LiveServices(hub, None, None)
+    with _SERVERS_LOCK:
+        web = _SERVERS.get(port)
+        if web is None or not web.alive:
+            web = WebUI(agent, port=port, token=token, displayed=displayed)
+            try:
+                web.start()
+            except OSError as exc:
+                log.warning(
+                    "web UI off: cannot listen on 127.0.0.1:%d (%s): set ui.port to a free port",
+                    port,
+                    exc.strerror or exc,
+                )
+                return LiveServices(hub, None, None)
+            _SERVERS[web.port] = web
+        web.follow(agent, hub=hub, report=report, markers_toggle=toggle, displayed=displayed)
     hub.push = web.push
     web.push("status", agent.status())
     return LiveServices(hub, web, token)
