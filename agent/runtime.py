@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -302,7 +302,10 @@ class Agent:
                 pipeline.open_timeline(*expected, now)
             if s.source.channel and not self.own_session:
                 pipeline.resume_crashed(validate_name(s.source.channel), now)
-            self._set_status(state=AgentState.RUNNING, problem=None, **self._session_fields())
+            # A fresh run counts from zero (the tray may start the same Agent again).
+            fresh = AgentStatus(state=AgentState.RUNNING, source=self.status().source)
+            reset = {f.name: getattr(fresh, f.name) for f in fields(fresh)}
+            self._set_status(**(reset | self._session_fields()))
             await self._score_pending()
             self._start_uploader()
             source = open_source(

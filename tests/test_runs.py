@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -173,3 +174,79 @@ def test_a_multistream_bridge_feed_gives_two_timelines_and_two_s3_partitions(
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="multistream")["Contents"]]
     partitions = sorted({"/".join(k.split("/")[1:3]) for k in keys})
     assert partitions == ["platform=twitch/channel=streamer", "platform=youtube/channel=streamer"]
+
+
+@pytest.mark.timeout(300)
+def test_listeners_hear_every_reading_and_a_restarted_agent_counts_afresh(
+    tmp_path: Path, tiny_bundle: Path
+) -> None:
+    from agent.config import load_settings
+    from agent.runtime import Agent
+    from agent.vocab import AgentState, AgentStatus
+
+    chat = write_chat(tmp_path / "chat.jsonl", [chat_line(n) for n in range(25)])
+    settings = load_settings(
+        tmp_path / "config.toml",
+        {"data_dir": str(tmp_path / "data"), "model.dir": str(tiny_bundle),
+         "source.kind": "replay", "source.file": str(chat), "source.speed": "max"},
+    )  # fmt: skip
+    heard: list[Reading] = []
+    states: list[AgentState] = []
+
+    def broken(status: AgentStatus) -> None:
+        raise RuntimeError("the web page went away")
+
+    agent = Agent(settings, on_status=broken)
+    agent.on_status.append(lambda status: states.append(status.state))
+    agent.on_reading.append(heard.append)
+
+    def run_to_the_end() -> None:
+        # A replay stops the agent by itself at the end of the file.
+        agent.start()
+        deadline = time.monotonic() + 120
+        while agent.status().state is not AgentState.STOPPED and time.monotonic() < deadline:
+            time.sleep(0.05)
+        agent.stop(timeout=30)
+
+    run_to_the_end()
+    run_to_the_end()  # the tray's Start after Stop: the same file again, all duplicates
+    assert agent.error is None
+    assert [r.batch_id for r in heard] == [r.batch_id for r in spool_readings(tmp_path)]
+    assert sum(r.message_count for r in heard) == 25
+    final = agent.status()
+    assert final.state is AgentState.STOPPED and states[-1] is AgentState.STOPPED
+    assert (final.messages_total, final.duplicates_total, final.readings_total) == (0, 25, 0)
+    assert status_file(tmp_path)["duplicates_total"] == 25
+
+
+def irc_privmsg(n: int, login: str) -> str:
+    user_id = 777 if login == "troll" else 1000 + n
+    ms = int((T0 + n) * 1000)
+    tags = f"@id=msg-{n};user-id={user_id};tmi-sent-ts={ms}"
+    return f"{tags} :{login}!{login}@{login}.tmi.twitch.tv PRIVMSG #streamer :message {n} KEKW"
+
+
+@pytest.mark.timeout(300)
+def test_replay_of_a_session_follows_the_live_moderation_rule(
+    tmp_path: Path, tiny_bundle: Path
+) -> None:
+    # The troll writes before and after his ban; the ban comes while a window is open.
+    lines = [irc_privmsg(n, "troll" if n % 4 == 1 else f"viewer{n}") for n in range(14)]
+    ban = f"@room-id=1;target-user-id=777;tmi-sent-ts={int((T0 + 5.5) * 1000)} " \
+          ":tmi.twitch.tv CLEARCHAT #streamer :troll"  # fmt: skip
+    chat = write_chat(tmp_path / "chat.irc", [*lines[:6], ban, *lines[6:]])
+    live = captaflow("run", "--source", "replay", "--file", str(chat), "--speed", "max",
+                     "--model", str(tiny_bundle), "--quiet", home=tmp_path)  # fmt: skip
+    assert live.returncode == 0, live.stderr
+    [session] = {r.session_id for r in spool_readings(tmp_path)}
+    again = captaflow("replay", "--session", session, "--model", str(tiny_bundle), "--quiet",
+                      home=tmp_path)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+
+    def counts(session_id: str) -> list[int]:
+        return [r.message_count for r in spool_readings(tmp_path) if r.session_id == session_id]
+
+    # Windows of ten: the first is still open at the ban, so the troll's lines before the ban
+    # and after it are out of it (10 - 3), and of every later one (4 - 1). The old re-score
+    # rule (only lines sent before the ban) gave [8, 4].
+    assert counts(session) == counts(f"{session}-r1") == [7, 3]
