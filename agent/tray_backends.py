@@ -1,6 +1,9 @@
 """Mends for pystray's bare X11 backend (`pystray._xorg`), used on Linux without PyGObject.
 
-Two faults a streamer saw, both in pystray 0.19's xorg backend:
+Three faults a streamer saw, all in pystray 0.19's xorg backend:
+
+* **A click did nothing.** The window is created without ButtonPressMask, so its click
+  handler never runs. Mended: the window asks for button presses.
 
 * **The icon collapsed to a 1x30 px sliver.** Every icon change (Start, Stop, a new
   emotion) sends the tray manager a new "dock me" request; trayer then re-embeds the window
@@ -100,8 +103,13 @@ def _mend_xorg(icon: Any) -> None:
     display = icon._display
     window = icon._window
     has_shape = bool(display.has_extension("SHAPE"))
-    # Show the tray's own background wherever the icon does not draw.
-    window.change_attributes(background_pixmap=Xlib.X.ParentRelative)
+    # Show the tray's own background wherever the icon does not draw; and ask for clicks:
+    # pystray handles ButtonPress (a left click runs the default entry) but creates its
+    # window without ButtonPressMask, so X never delivered one.
+    window.change_attributes(
+        background_pixmap=Xlib.X.ParentRelative,
+        event_mask=Xlib.X.ExposureMask | Xlib.X.StructureNotifyMask | Xlib.X.ButtonPressMask,
+    )
     display.flush()
     original_update = type(icon)._update_icon.__get__(icon)
 

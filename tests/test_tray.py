@@ -34,7 +34,9 @@ from agent.tray import (
 from agent.vocab import AgentState, AgentStatus, SourceState, SourceStatus
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTES = ROOT.parent / "notes"
+# Screenshots for a person to look at: the pytest tmp dir, and a copy in reports/ (ignored by
+# git) so they are easy to find after a run.
+SHOTS = ROOT / "reports" / "tray"
 
 RUNNING = AgentStatus(
     state=AgentState.RUNNING,
@@ -304,6 +306,7 @@ def test_start_and_stop_drive_the_agent_and_seal_its_part(
 DRIVER = r"""
 import json, sys, threading
 from pathlib import Path
+import agent.tray
 from agent.config import load_settings
 from agent.runtime import Agent
 from agent.tray import TrayApp, model_present
@@ -315,17 +318,20 @@ def on_status(status):
     if status.readings_total > 0:
         first_reading.set()
 
-app = TrayApp(
-    lambda: Agent(settings, on_status=on_status),
-    open_report=lambda: None, open_data_folder=lambda: None, open_settings=lambda: None,
-    has_model=lambda: model_present(settings.model.dir),
-)
+# No web UI in this test: a left click must fall back to the report.
+agent.tray.status_page_up = lambda *args, **kwargs: False
 
 def say(event):
     status = app.snapshot()
     print(json.dumps({"event": event, "state": str(status.state),
                       "readings": status.readings_total,
                       "menu": [e.text for e in app.entries() if not e.separator]}), flush=True)
+
+app = TrayApp(
+    lambda: Agent(settings, on_status=on_status),
+    open_report=lambda: say("report"), open_data_folder=lambda: None, open_settings=lambda: None,
+    has_model=lambda: model_present(settings.model.dir),
+)
 
 def drive():
     app.ready.wait(30)
@@ -353,49 +359,42 @@ app.run()
 print(json.dumps({"event": "quit"}), flush=True)
 """
 
+SCREEN = (480, 360)  # room below the tray bar for the menu
+BAR = (0, 0, 160, 32)  # trayer's bar at the top left; the icon sits in its first 32 px slot
+SLOT = (0, 0, 32, 32)
+
 
 @pytest.fixture
 def xserver(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """Xvfb with trayer docked at the top: an X display with a system tray."""
-    missing = [tool for tool in ("Xvfb", "trayer", "import") if shutil.which(tool) is None]
+    """Xvfb with trayer docked at the top: an X display with a system tray (XEmbed)."""
+    missing = [t for t in ("Xvfb", "trayer", "import", "xdotool") if shutil.which(t) is None]
     if missing:
-        pytest.skip(f"needs {', '.join(missing)} (apt-get install xvfb trayer imagemagick)")
+        pytest.skip(f"needs {', '.join(missing)} (apt-get install xvfb trayer imagemagick xdotool)")
     pytest.importorskip("Xlib", reason="pystray's xorg backend needs python-xlib")
     import Xlib.display
 
     with subprocess.Popen(
-        ["Xvfb", "-displayfd", "1", "-screen", "0", "160x32x24", "-nolisten", "tcp"],
+        ["Xvfb", "-displayfd", "1", "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24",
+         "-nolisten", "tcp"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-    ) as xvfb:
+    ) as xvfb:  # fmt: skip
         assert xvfb.stdout is not None
         number = xvfb.stdout.readline().strip()
         assert number.isdigit(), "Xvfb did not report its display"
-        env = dict(os.environ, DISPLAY=f":{number}", PYSTRAY_BACKEND="xorg")
+        env = dict(os.environ, DISPLAY=f":{number}")
+        env.pop("PYSTRAY_BACKEND", None)
+        env.pop("DBUS_SESSION_BUS_ADDRESS", None)  # no session bus: like a bare X desktop
         trayer = subprocess.Popen(
             # One 32-pixel-high bar: trayer gives each icon a square slot of its height.
-            [
-                "trayer",
-                "--edge",
-                "top",
-                "--align",
-                "left",
-                "--widthtype",
-                "pixel",
-                "--width",
-                "160",
-                "--heighttype",
-                "pixel",
-                "--height",
-                "32",
-                "--SetDockType",
-                "true",
-            ],
+            ["trayer", "--edge", "top", "--align", "left", "--widthtype", "pixel",
+             "--width", str(BAR[2]), "--heighttype", "pixel", "--height", str(BAR[3]),
+             "--SetDockType", "true"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-        )
+        )  # fmt: skip
         try:
             display = Xlib.display.Display(env["DISPLAY"])
             selection = display.intern_atom("_NET_SYSTEM_TRAY_S0")
@@ -419,7 +418,10 @@ def xserver(tmp_path: Path) -> Iterator[dict[str, str]]:
 def screenshot(env: dict[str, str], out: Path) -> Image.Image:
     subprocess.run(["import", "-window", "root", str(out)], env=env, check=True, timeout=30)
     with Image.open(out) as image:
-        return image.convert("RGB")
+        shot = image.convert("RGB")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    shot.save(SHOTS / out.name)
+    return shot
 
 
 def colour_share(image: Image.Image, colour: str, tolerance: int = 30) -> float:
@@ -428,10 +430,65 @@ def colour_share(image: Image.Image, colour: str, tolerance: int = 30) -> float:
     return float(np.mean(np.all(np.abs(pixels - rgb) <= tolerance, axis=1)))
 
 
+def icon_box(shot: Image.Image) -> tuple[int, int, int, int] | None:
+    """The bounding box of what is drawn in the icon's slot (what differs from the bar)."""
+    slot = np.asarray(shot.crop(SLOT), dtype=np.int16)
+    background = np.asarray(shot.crop(BAR), dtype=np.int16)[BAR[3] // 2, -2]
+    drawn = np.any(np.abs(slot - background) > 24, axis=2)
+    ys, xs = np.nonzero(drawn)
+    if not len(xs):
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def assert_whole_icon(shot: Image.Image, state: IconState, what: str) -> None:
+    """The icon fills its slot as a square in the state's colour, its corners see-through."""
+    bar = shot.crop(BAR)
+    assert colour_share(bar, STATE_COLOURS[state]) > 0.02, what
+    box = icon_box(shot)
+    assert box is not None, f"{what}: no icon drawn"
+    width, height = box[2] - box[0], box[3] - box[1]
+    # The bubble fills about 7/8 x 13/16 of its square; the broken one was a 1x30 sliver.
+    assert width >= 14 and height >= 14, f"{what}: the icon collapsed to {width}x{height} px"
+    corner = shot.getpixel((SLOT[0] + 1, SLOT[1] + 1))
+    assert sum(corner) > 3 * 60, f"{what}: the transparent corner drew {corner} (black)"
+
+
+def save_sheet(shots: list[Image.Image], name: str, tmp_path: Path, crop: tuple | None = None):
+    """One picture of several moments side by side, enlarged, for a person to look at."""
+    parts = [shot.crop(crop) if crop else shot for shot in shots]
+    width, height = parts[0].size
+    sheet = Image.new("RGB", (width * len(parts) + 10 * (len(parts) - 1), height), "white")
+    for index, part in enumerate(parts):
+        sheet.paste(part, (index * (width + 10), 0))
+    if crop:
+        sheet = sheet.resize((sheet.width * 3, sheet.height * 3), Image.Resampling.NEAREST)
+    sheet.save(tmp_path / name)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    sheet.save(SHOTS / name)
+
+
+def xdotool(env: dict[str, str], *args: str) -> None:
+    subprocess.run(["xdotool", *args], env=env, check=True, timeout=30)
+
+
+def wait_until(check: object, seconds: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.25)
+    pytest.fail(f"timed out waiting for {what}")
+
+
 @pytest.mark.gui
-def test_the_tray_docks_starts_and_stops_under_xvfb(
+def test_the_xorg_fallback_docks_keeps_its_size_and_a_left_click_opens_the_report(
     tmp_path: Path, tiny_bundle: Path, agent_class: type, xserver: dict[str, str]
 ) -> None:
+    """pystray's bare X11 backend (no PyGObject): no menu, so the driver presses Start/Stop;
+    the icon must keep its size and transparency in every state, a left click open the page."""
     demo = resources.files("agent") / "data" / "demo_chat.jsonl"
     overrides = {
         "data_dir": str(tmp_path / "data"),
@@ -441,13 +498,14 @@ def test_the_tray_docks_starts_and_stops_under_xvfb(
         "source.speed": "20",
         "sync.enabled": False,
     }
+    env = dict(xserver, PYSTRAY_BACKEND="xorg")
     errors = tmp_path / "driver.err"
     with (
         errors.open("w") as error_file,
         subprocess.Popen(
             [sys.executable, "-c", DRIVER, str(tmp_path / "config.toml"), json.dumps(overrides)],
             cwd=ROOT,
-            env=xserver,
+            env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=error_file,
@@ -473,36 +531,224 @@ def test_the_tray_docks_starts_and_stops_under_xvfb(
         try:
             ready = ask(None)
             assert ready["event"] == "ready" and ready["state"] == "stopped"
-            assert "Start" in ready["menu"]
-            stopped_before = screenshot(xserver, tmp_path / "tray-stopped.png")
+            shots = [screenshot(xserver, tmp_path / "xorg-stopped.png")]
+            for command, state in (("start", IconState.RUNNING), ("stop", IconState.STOPPED)) * 2:
+                answer = ask(command)
+                assert answer["event"] == ("started" if command == "start" else "stopped")
+                shots.append(screenshot(xserver, tmp_path / f"xorg-{len(shots)}-{command}.png"))
+                assert_whole_icon(shots[-1], state, f"after {command} #{len(shots) // 2}")
+            assert_whole_icon(shots[0], IconState.STOPPED, "at start")
 
-            started = ask("start")
-            assert started["readings"] > 0 and started["state"] in ("running", "trouble")
-            assert any(line.endswith("this session") for line in started["menu"]), started
-            running = screenshot(xserver, tmp_path / "tray-running.png")
-
-            stopped = ask("stop")
-            assert stopped["state"] == "stopped" and stopped["readings"] >= started["readings"]
-            stopped_after = screenshot(xserver, tmp_path / "tray-stopped-after.png")
+            # No menu here: a left click is the way in (the status page, else the report).
+            xdotool(xserver, "mousemove", "16", "16", "click", "1")
+            assert ask(None)["event"] == "report"
             ask("quit")
             assert tray.wait(timeout=60) == 0
         finally:
             if tray.poll() is None:
                 tray.kill()
-
-    # The docked icon is in the shots: grey before, green while running, grey again after.
-    assert colour_share(stopped_before, STATE_COLOURS[IconState.STOPPED]) > 0.01
-    assert colour_share(running, STATE_COLOURS[IconState.RUNNING]) > 0.01
-    assert colour_share(stopped_after, STATE_COLOURS[IconState.STOPPED]) > 0.01
     settings = load_settings(tmp_path / "config.toml", overrides)
     assert sealed_parts(settings), "Stop from the tray must seal the part"
+    save_sheet(shots, "tray-xorg.png", tmp_path, crop=(0, 0, 64, 32))
 
-    # One picture for the notes: the three moments side by side, enlarged.
-    width, height = running.size
-    sheet = Image.new("RGB", (width * 3 + 20, height), "white")
-    for index, shot in enumerate((stopped_before, running, stopped_after)):
-        sheet.paste(shot, (index * (width + 10), 0))
-    sheet = sheet.resize((sheet.width * 3, sheet.height * 3), Image.Resampling.NEAREST)
-    sheet.save(tmp_path / "tray.png")
-    if NOTES.is_dir():
-        sheet.save(NOTES / "tray.png")
+
+# The GTK status icon (XEmbed tray) through the real command line, driven by clicks.
+
+
+def open_menu(env: dict[str, str], tmp_path: Path, name: str) -> tuple[Image.Image, list[dict]]:
+    """Right-click the icon; returns the screenshot with the menu open and its text rows
+    (top to bottom: y of the row's middle, and whether it is drawn enabled)."""
+    import time
+
+    before = screenshot(env, tmp_path / f"{name}-before.png")
+    xdotool(env, "mousemove", "16", "16", "click", "3")
+    deadline = time.monotonic() + 20
+    while True:
+        shot = screenshot(env, tmp_path / f"{name}.png")
+        changed = np.any(np.asarray(shot) != np.asarray(before), axis=2)
+        changed[: BAR[3] + 1, :] = False
+        if changed.sum() > 2000:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail("the right click opened no menu")
+        time.sleep(0.3)
+    time.sleep(0.5)  # let it finish drawing
+    shot = screenshot(env, tmp_path / f"{name}.png")
+    changed = np.any(np.asarray(shot) != np.asarray(before), axis=2)
+    changed[: BAR[3] + 1, :] = False
+    ys, xs = np.nonzero(changed)
+    x0, y0, x1, y1 = xs.min(), ys.min(), xs.max(), ys.max()
+    lum = np.asarray(shot, dtype=np.float32).mean(axis=2)[y0 : y1 + 1, x0 + 3 : x1 - 2]
+    inked = (lum < 200).sum(axis=1)
+    rows: list[dict] = []
+    start = None
+    for offset, count in enumerate([*inked.tolist(), 0]):
+        if count and start is None:
+            start = offset
+        elif not count and start is not None:
+            if offset - start >= 5:  # text, not a separator line
+                rows.append(
+                    {
+                        "y": int(y0 + (start + offset) // 2),
+                        "x": int(x0 + 40),
+                        "enabled": float(lum[start:offset].min()) < 100,
+                    }
+                )
+            start = None
+    return shot, rows
+
+
+def click(env: dict[str, str], row: dict) -> None:
+    xdotool(env, "mousemove", str(row["x"]), str(row["y"]), "click", "1")
+
+
+@pytest.mark.gui
+def test_the_gtk_tray_menu_starts_stops_and_quits_by_clicking(
+    tmp_path: Path, tiny_bundle: Path, agent_class: type, xserver: dict[str, str]
+) -> None:
+    """`captaflow --model DIR --data-dir D` as a streamer starts it: the menu under a right
+    click, Start, Stop and Quit pressed with the mouse, a screenshot of each state."""
+    pytest.importorskip("gi", reason="the GTK tray needs PyGObject (pip extra 'tray')")
+    demo = resources.files("agent") / "data" / "demo_chat.jsonl"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[source]\nkind = "replay"\nfile = "{demo}"\nspeed = "20"\n', encoding="utf-8"
+    )
+    data = tmp_path / "data"
+    env = dict(xserver, CAPTAFLOW_NO_KEYRING="1", PYTHONPATH=str(ROOT))
+    out = tmp_path / "tray.out"
+    with (
+        out.open("w") as out_file,
+        subprocess.Popen(
+            # The common flags the tray must honour: --model, --data-dir, --config.
+            [sys.executable, "-m", "agent", "--model", str(tiny_bundle), "--data-dir", str(data),
+             "--config", str(config)],
+            cwd=tmp_path,
+            env=env,
+            stdout=out_file,
+            stderr=subprocess.STDOUT,
+        ) as tray,
+    ):  # fmt: skip
+        try:
+            log = data / "logs" / "captaflow.log"
+            wait_until(
+                lambda: log.is_file() and "tray backend: gtk" in log.read_text(), 60, "the tray"
+            )
+            wait_until(
+                lambda: (
+                    colour_share(
+                        screenshot(xserver, tmp_path / "docking.png").crop(BAR),
+                        STATE_COLOURS[IconState.STOPPED],
+                    )
+                    > 0.02
+                ),
+                60,
+                "the grey icon to dock",
+            )
+            stopped_menu, rows = open_menu(xserver, tmp_path, "menu-stopped")
+            # Start, Stop, 3 status lines, 4 entries (status page, report, folder, settings), Quit
+            assert len(rows) >= 8, rows
+            start, stop = rows[0], rows[1]
+            assert start["enabled"] and not stop["enabled"], rows
+            assert_whole_icon(stopped_menu, IconState.STOPPED, "stopped")
+            click(xserver, start)
+
+            wait_until(
+                lambda: (
+                    colour_share(
+                        screenshot(xserver, tmp_path / "running.png").crop(BAR),
+                        STATE_COLOURS[IconState.RUNNING],
+                    )
+                    > 0.02
+                ),
+                90,
+                "the green (running) icon",
+            )
+            wait_until(lambda: (data / "status.json").is_file(), 60, "the first status")
+            wait_until(
+                lambda: json.loads((data / "status.json").read_text()).get("readings_total", 0),
+                90,
+                "the first reading",
+            )
+            running_menu, rows = open_menu(xserver, tmp_path, "menu-running")
+            assert not rows[0]["enabled"] and rows[1]["enabled"], rows
+            assert_whole_icon(running_menu, IconState.RUNNING, "running")
+            click(xserver, rows[1])  # Stop
+
+            settings = load_settings(config, {"data_dir": data})
+            wait_until(lambda: bool(sealed_parts(settings)), 90, "Stop to seal the part")
+            wait_until(
+                lambda: (
+                    colour_share(
+                        screenshot(xserver, tmp_path / "stopped-again.png").crop(BAR),
+                        STATE_COLOURS[IconState.STOPPED],
+                    )
+                    > 0.02
+                ),
+                60,
+                "the grey icon again",
+            )
+            after_menu, rows = open_menu(xserver, tmp_path, "menu-stopped-again")
+            assert rows[0]["enabled"] and not rows[1]["enabled"], rows
+            assert_whole_icon(after_menu, IconState.STOPPED, "stopped again")
+            click(xserver, rows[-1])  # Quit
+            assert tray.wait(timeout=60) == 0, out.read_text()[-3000:]
+        finally:
+            if tray.poll() is None:
+                tray.kill()
+    assert not list((settings.spool.dir / "open").glob("*.open"))
+    assert "Traceback" not in out.read_text()
+    save_sheet([stopped_menu, running_menu, after_menu], "tray-gtk-menus.png", tmp_path)
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_tray_cleanly_and_seals(
+    how: str, tmp_path: Path, tiny_bundle: Path, agent_class: type, xserver: dict[str, str]
+) -> None:
+    """Ctrl-C (SIGINT) and SIGTERM: the running agent stops, its part is sealed, exit 0."""
+    import signal
+
+    demo = resources.files("agent") / "data" / "demo_chat.jsonl"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[source]\nkind = "replay"\nfile = "{demo}"\nspeed = "20"\n', encoding="utf-8"
+    )
+    data = tmp_path / "data"
+    env = dict(xserver, CAPTAFLOW_NO_KEYRING="1", PYTHONPATH=str(ROOT))
+    with subprocess.Popen(
+        [sys.executable, "-m", "agent", "--model", str(tiny_bundle), "--data-dir", str(data),
+         "--config", str(config)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    ) as tray:  # fmt: skip
+        try:
+            wait_until(
+                lambda: (
+                    colour_share(
+                        screenshot(xserver, tmp_path / "docked.png").crop(BAR),
+                        STATE_COLOURS[IconState.STOPPED],
+                    )
+                    > 0.02
+                ),
+                60,
+                "the icon to dock",
+            )
+            _, rows = open_menu(xserver, tmp_path, "menu")
+            click(xserver, rows[0])  # Start
+            wait_until(
+                lambda: (
+                    (data / "status.json").is_file()
+                    and json.loads((data / "status.json").read_text()).get("readings_total", 0)
+                ),
+                120,
+                "the first reading",
+            )
+            tray.send_signal(getattr(signal, how))
+            output, _ = tray.communicate(timeout=60)
+        finally:
+            if tray.poll() is None:
+                tray.kill()
+    assert tray.returncode == 0, output[-3000:]
+    settings = load_settings(config, {"data_dir": data})
+    assert sealed_parts(settings), f"{how} must seal the part"
+    assert not list((settings.spool.dir / "open").glob("*.open"))
