@@ -20,7 +20,6 @@ import datetime as dt
 import os
 import platform
 import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -106,7 +105,6 @@ def measure(via: str, kind: str, threads: int, python: str) -> Run:
             command += ["--via", via.removesuffix("-no-torch")]
         run = Run(via=via, command=command)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.monotonic()
         child = subprocess.Popen(
             command, env=env, cwd=str(ROOT), stderr=subprocess.PIPE, text=True, bufsize=1
@@ -131,7 +129,13 @@ def measure(via: str, kind: str, threads: int, python: str) -> Run:
         reader = threading.Thread(target=read_stderr, daemon=True)
         reader.start()
         samples = 0
-        while child.poll() is None:
+        while True:
+            # wait4 reports this child's own peak and CPU time (RUSAGE_CHILDREN would keep
+            # the largest of every child this script ever waited for).
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                child.returncode = os.waitstatus_to_exitcode(status)
+                break
             rss, torch_seen = _tree_rss(proc, look_for_torch=samples % 20 == 0)
             torch_maps[0] = torch_maps[0] or torch_seen
             mb = rss / 1e6
@@ -145,10 +149,9 @@ def measure(via: str, kind: str, threads: int, python: str) -> Run:
         run.wall_s = time.monotonic() - start
         with lock:
             run.stages.append((run.wall_s, stage[0], stage_peak[0]))
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         run.status = child.returncode
-        run.cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        run.maxrss_mb = after.ru_maxrss * 1024 / 1e6  # KiB on Linux
+        run.cpu_s = usage.ru_utime + usage.ru_stime
+        run.maxrss_mb = usage.ru_maxrss * 1024 / 1e6  # KiB on Linux: the largest process
         run.torch_imported = torch_maps[0]
         return run
 

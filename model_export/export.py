@@ -535,12 +535,21 @@ REFERENCES = {"light": "the fp32 ONNX graph", "optimum": "PyTorch fp32"}
 
 def _light_fp32(
     local_dir: Path, work: Path, source: str, max_length: int, disk: Path
-) -> tuple[Any, Any, Path]:
+) -> tuple[Any, Any, Path, dict[str, Any]]:
     """The light path's first stage: config, tokenizer and fp32 graph, without PyTorch.
 
     The graph goes to `work` (model.fp32.onnx + its .data), beside the fused and prepared
-    graphs, so those keep pointing into its data file instead of copying the weights."""
-    from model_export.graph import build_fp32_onnx, check_buildable, read_config, weight_bytes
+    graphs, so those keep pointing into its data file instead of copying the weights. The
+    graph is checked against a numpy forward pass of the same weights (what the manifest's
+    optimization.fp32_check records), so the light path needs no PyTorch to be trusted."""
+    from model_export.graph import (
+        FP32_CHECK_TEXTS,
+        build_fp32_onnx,
+        check_buildable,
+        check_fp32_graph,
+        read_config,
+        weight_bytes,
+    )
     from model_export.hfdir import load_tokenizer
 
     config = read_config(local_dir)
@@ -548,7 +557,10 @@ def _light_fp32(
     check_buildable(config, source)
     _check_disk(disk, weight_bytes(local_dir))
     tokenizer = load_tokenizer(local_dir)
-    return tokenizer, config, build_fp32_onnx(local_dir, work / "model.fp32.onnx", config=config)
+    fp32_path = build_fp32_onnx(local_dir, work / "model.fp32.onnx", config=config)
+    texts = PARITY_TEXTS[:FP32_CHECK_TEXTS]
+    check = check_fp32_graph(local_dir, fp32_path, tokenizer, texts, max_length)
+    return tokenizer, config, fp32_path, check
 
 
 def _torch_fp32(
@@ -653,11 +665,12 @@ def export_bundle(
                 local_dir, source_revision = str(snapshot), source_revision or commit
         if via == "light":
             with stage(f"loading {source} into an fp32 ONNX graph (onnx + numpy, no PyTorch)"):
-                tokenizer, config, fp32_path = _light_fp32(
+                tokenizer, config, fp32_path, fp32_check = _light_fp32(
                     Path(local_dir), work, source, max_length, out.parent
                 )
                 reference = None  # computed on this fp32 graph once tokenizer.json exists
         else:
+            fp32_check = None
             tokenizer, config, reference, fp32_path = _torch_fp32(
                 stage,
                 local_dir,
@@ -673,6 +686,8 @@ def export_bundle(
             fused_path = work / "model.fused.onnx"
             optimization = _fuse(fp32_path, fused_path, config, 0 if via == "light" else None)
             optimization["fp32_exporter"] = EXPORTERS[via]
+            if fp32_check is not None:
+                optimization["fp32_check"] = fp32_check
             progress(f"fused: {optimization['fused_operators']}")
         with stage(
             f"quantising to int8 ({settings.weight_type}, per_channel={settings.per_channel})"

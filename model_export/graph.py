@@ -26,7 +26,7 @@ import logging
 import math
 import pickle
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -616,10 +616,146 @@ def build_fp32_onnx(
     return out_path
 
 
+# ---------------------------------------------------------------------------------------
+# An independent check: the same forward pass in numpy, straight from the checkpoint.
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """erf to about 1e-7 (Abramowitz & Stegun 7.1.26); numpy has none and scipy is not a
+    dependency. GELU's error from it is below float32 rounding of the activations."""
+    sign = np.sign(x)
+    a = np.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    poly = t * (
+        0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))
+    )
+    return sign * (1.0 - poly * np.exp(-a * a))
+
+
+def _np_layer_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * scale + bias
+
+
+def numpy_logits(directory: Path, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """RobertaForSequenceClassification's logits computed with numpy (float64) from the
+    checkpoint, one layer's weights at a time: a reference that shares no code with the graph
+    and needs no PyTorch. Slow (a few seconds for a handful of texts); for checks only."""
+    cfg = read_config(directory)
+    check_buildable(cfg, str(directory))
+    h, heads, size = cfg.hidden_size, cfg.num_attention_heads, cfg.head_size
+    batch, length = input_ids.shape
+    with open_checkpoint(directory) as ckpt:
+
+        def get(name: str, shape: tuple[int, ...]) -> np.ndarray:
+            return ckpt.get(name, shape).astype(np.float64)
+
+        def linear(x: np.ndarray, prefix: str, n_in: int, n_out: int) -> np.ndarray:
+            # As a 2-d product (BLAS); numpy's stacked matmul with a transposed operand is not.
+            rows = x.reshape(-1, n_in) @ get(f"{prefix}.weight", (n_out, n_in)).T
+            return rows.reshape(*x.shape[:-1], n_out) + get(f"{prefix}.bias", (n_out,))
+
+        def norm(x: np.ndarray, prefix: str) -> np.ndarray:
+            return _np_layer_norm(
+                x, get(f"{prefix}.weight", (h,)), get(f"{prefix}.bias", (h,)), cfg.layer_norm_eps
+            )
+
+        e = "roberta.embeddings"
+        not_pad = (input_ids != cfg.pad_token_id).astype(np.int64)
+        positions = np.cumsum(not_pad, axis=1) * not_pad + cfg.pad_token_id
+        words = ckpt.get(f"{e}.word_embeddings.weight", (cfg.vocab_size, h))[input_ids]
+        places = ckpt.get(f"{e}.position_embeddings.weight", (cfg.max_position_embeddings, h))
+        types = ckpt.get(f"{e}.token_type_embeddings.weight", (cfg.type_vocab_size, h))
+        x = norm(words.astype(np.float64) + types[0] + places[positions], f"{e}.LayerNorm")
+        blocked = attention_mask[:, None, None, :] == 0
+        for layer in range(cfg.num_hidden_layers):
+            p = f"roberta.encoder.layer.{layer}"
+
+            def split(t: np.ndarray) -> np.ndarray:
+                return t.reshape(batch, length, heads, size).transpose(0, 2, 1, 3)
+
+            q, k, v = (
+                split(linear(x, f"{p}.attention.self.{n}", h, h)) for n in ("query", "key", "value")
+            )
+            scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(size)
+            scores = np.where(blocked, np.finfo(np.float32).min, scores)
+            scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+            context = (scores / scores.sum(axis=-1, keepdims=True)) @ v
+            context = context.transpose(0, 2, 1, 3).reshape(batch, length, h)
+            x = norm(
+                linear(context, f"{p}.attention.output.dense", h, h) + x,
+                f"{p}.attention.output.LayerNorm",
+            )
+            up = linear(x, f"{p}.intermediate.dense", h, cfg.intermediate_size)
+            gelu = 0.5 * up * (1.0 + _erf(up / math.sqrt(2.0)))
+            x = norm(
+                linear(gelu, f"{p}.output.dense", cfg.intermediate_size, h) + x,
+                f"{p}.output.LayerNorm",
+            )
+        head = np.tanh(linear(x[:, 0], "classifier.dense", h, h))
+        return linear(head, "classifier.out_proj", h, cfg.num_labels)
+
+
+# Logits of the graph and of the numpy pass differ by float32 rounding (~1e-6 on the test
+# models); a wrong graph differs by the size of the logits themselves.
+FP32_CHECK_TOLERANCE = 1e-3
+FP32_CHECK_TEXTS = 16
+
+
+def check_fp32_graph(
+    directory: Path,
+    graph_path: Path,
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_length: int,
+    tolerance: float = FP32_CHECK_TOLERANCE,
+) -> dict[str, Any]:
+    """Compare the built graph (onnxruntime) with `numpy_logits` on `texts`; ExportError
+    beyond `tolerance`. Returns what the manifest records."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    cfg = read_config(directory)
+    encoder = Tokenizer.from_str(tokenizer.to_str())
+    encoder.no_padding()
+    encoder.enable_truncation(max_length)
+    encodings = encoder.encode_batch(list(texts))
+    width = max(len(e.ids) for e in encodings)
+    ids = np.full((len(encodings), width), cfg.pad_token_id, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, encoding in enumerate(encodings):
+        ids[row, : len(encoding.ids)] = encoding.ids
+        mask[row, : len(encoding.ids)] = 1
+    expected = numpy_logits(directory, ids, mask)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(graph_path), options, providers=["CPUExecutionProvider"])
+    (got,) = session.run(["logits"], {"input_ids": ids, "attention_mask": mask})
+    del session
+    diff = np.abs(np.asarray(got, dtype=np.float64) - expected)
+    worst = float(diff.max())
+    if not worst <= tolerance:  # also catches NaN
+        row = int(np.unravel_index(np.nanargmax(diff), diff.shape)[0])
+        raise ExportError(
+            f"the fp32 graph built from {directory} differs from a numpy forward pass of the "
+            f"same weights by {worst:.3g} in the logits (text {texts[row]!r}; tolerance "
+            f"{tolerance}): a bug in model_export.graph; export with --via optimum meanwhile"
+        )
+    return {
+        "reference": "numpy forward pass of the checkpoint (float64, model_export.graph)",
+        "texts": len(encodings),
+        "max_abs_logit_diff": round(worst, 9),
+        "tolerance": tolerance,
+    }
+
+
 __all__ = [
     "EncoderConfig",
     "build_fp32_onnx",
     "check_buildable",
+    "check_fp32_graph",
+    "numpy_logits",
     "open_checkpoint",
     "read_config",
     "weight_bytes",

@@ -221,11 +221,12 @@ def roberta_tokenizer(vocab: Mapping[str, int], merges: Sequence[tuple[str, str]
     )
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
+    # sep and cls positionally: tokenizers 0.23 renamed the keyword `cls` to `cls_token`.
     tokenizer.post_processor = processors.RobertaProcessing(
-        sep=(SPECIAL_TOKENS[2], EOS_ID),
-        cls=(SPECIAL_TOKENS[0], BOS_ID),
-        add_prefix_space=False,
+        (SPECIAL_TOKENS[2], EOS_ID),
+        (SPECIAL_TOKENS[0], BOS_ID),
         trim_offsets=True,
+        add_prefix_space=False,
     )
     tokenizer.add_special_tokens(
         [AddedToken(token, normalized=True, special=True) for token in SPECIAL_TOKENS[:4]]

@@ -31,7 +31,7 @@ from agent.bundle import load_bundle
 from agent.errors import ExportError
 from agent.scorer import KNOWN_INPUTS
 from agent.vocab import LABELS
-from model_export.graph import build_fp32_onnx, read_config
+from model_export.graph import build_fp32_onnx, check_fp32_graph, numpy_logits, read_config
 from model_export.hfdir import (
     load_tokenizer,
     roberta_config,
@@ -151,6 +151,33 @@ def test_logits_match_pytorch_within_1e_4_with_the_same_top_label(
     assert float(np.abs(got - expected).max()) <= LOGIT_TOLERANCE
     assert (got.argmax(axis=1) == expected.argmax(axis=1)).all()
     assert float(expected.std()) > 0.1  # the comparison is of outputs that actually differ
+
+
+def test_graph_matches_an_independent_numpy_forward_pass(source: Path, light_onnx: Path) -> None:
+    feeds = _encode(source, TEXTS)
+    expected = numpy_logits(source, feeds["input_ids"], feeds["attention_mask"])
+    assert float(np.abs(_run(light_onnx, feeds) - expected).max()) <= LOGIT_TOLERANCE
+
+
+@needs_torch
+def test_numpy_forward_pass_matches_pytorch(source: Path) -> None:
+    feeds = _encode(source, TEXTS)
+    expected = _torch_logits(source, feeds)
+    got = numpy_logits(source, feeds["input_ids"], feeds["attention_mask"])
+    assert float(np.abs(got - expected).max()) <= LOGIT_TOLERANCE
+
+
+def test_the_export_s_graph_check_catches_a_wrong_graph(
+    source: Path, light_onnx: Path, tmp_path: Path
+) -> None:
+    tokenizer = load_tokenizer(source)
+    check = check_fp32_graph(source, light_onnx, tokenizer, TEXTS[:6], MAX_LENGTH)
+    assert check["texts"] == 6 and check["max_abs_logit_diff"] <= LOGIT_TOLERANCE
+    # The graph of other weights (another seed) stands in for a graph the builder got wrong.
+    other = build_tiny_source(tmp_path / "other", seed=4)
+    wrong = build_fp32_onnx(other, tmp_path / "wrong" / "model.onnx")
+    with pytest.raises(ExportError, match="differs from a numpy forward pass"):
+        check_fp32_graph(source, wrong, tokenizer, TEXTS[:6], MAX_LENGTH)
 
 
 @needs_torch
@@ -295,6 +322,7 @@ def test_tiny_export_runs_without_pytorch(tmp_path: Path) -> None:
     assert manifest.test_model == TINY_LABEL
     assert manifest.parity["reference"].startswith("the fp32 ONNX graph")
     assert manifest.optimization["fp32_exporter"].startswith("model_export.graph")
+    assert manifest.optimization["fp32_check"]["max_abs_logit_diff"] <= LOGIT_TOLERANCE
     assert manifest.optimization["fused_operators"]["Attention"] == 2
 
 
