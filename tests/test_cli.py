@@ -464,22 +464,24 @@ def test_status_while_running_then_after_ctrl_c(home: Home, tiny_bundle: Path) -
 
 # ---- help, athena-ddl, report -------------------------------------------------------------------
 
-COMMANDS = [
-    "run", "demo", "score", "replay", "sync", "status", "report", "athena-ddl", "config",
-    "secrets",
-]  # fmt: skip
+
+def subcommands(home: Home) -> list[str]:
+    """The commands `captaflow --help` lists, whoever added them."""
+    listed = home.run("--help", data_dir=False).stdout.split("  COMMAND\n", 1)[1]
+    return re.findall(r"(?m)^    ([a-z][a-z-]*)\b", listed.split("\n\n", 1)[0])
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-def test_every_subcommands_help_has_a_description(home: Home, command: str) -> None:
-    result = home.run(command, "--help", data_dir=False)
-    assert result.returncode == 0, result.stderr
-    usage, _, rest = result.stdout.partition("\n\n")
-    assert usage.startswith(f"usage: captaflow {command} ")
-    description = rest.split("\n\n", 1)[0]
-    assert len(description) > 40 and not description.startswith(("options:", "positional")), (
-        result.stdout
-    )
+def test_every_subcommands_help_has_a_description(home: Home) -> None:
+    commands = [name for name in subcommands(home) if name != "export-model"]
+    assert {"run", "demo", "sync", "status", "config", "secrets"} <= set(commands)
+    for command in commands:
+        result = home.run(command, "--help", data_dir=False)
+        assert result.returncode == 0, (command, result.stderr)
+        usage, _, rest = result.stdout.partition("\n\n")
+        assert usage.startswith(f"usage: captaflow {command} "), command
+        description = rest.split("\n\n", 1)[0]
+        assert len(description) > 40, (command, result.stdout)
+        assert not description.startswith(("options:", "positional")), (command, result.stdout)
 
 
 def test_export_model_help_names_the_captaflow_command(home: Home) -> None:
