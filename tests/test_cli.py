@@ -657,6 +657,7 @@ def run_tray(settings, *, debug=False, overrides=None, **_):
             "model": str(got.model.dir), "bucket": got.sync.bucket, "prefix": got.sync.prefix,
             "channel": got.source.channel, "kind": got.source.kind,
             "server_url": got.source.server_url, "log_level": got.log.level,
+            "ui_port": got.ui.port,
         }
     print(json.dumps(seen))
     return 0
@@ -673,6 +674,7 @@ def test_the_bare_command_passes_every_common_flag_to_the_tray(home: Home) -> No
         "--config", str(home.config), "--data-dir", str(home.data), "--model", str(model),
         "--bucket", "flag-bucket", "--prefix", "streams/mine", "--channel", "from_flag",
         "--source", "streamerbot", "--server-url", "ws://127.0.0.1:8081/", "--log-level", "debug",
+        "--ui-port", "8999",
     ]  # fmt: skip
     result = subprocess.run(
         [sys.executable, "-c", TRAY_SPY, *flags], capture_output=True, text=True,
@@ -684,6 +686,7 @@ def test_the_bare_command_passes_every_common_flag_to_the_tray(home: Home) -> No
         "data_dir": str(home.data), "config": str(home.config), "model": str(model),
         "bucket": "flag-bucket", "prefix": "streams/mine", "channel": "from_flag",
         "kind": "streamerbot", "server_url": "ws://127.0.0.1:8081/", "log_level": "debug",
+        "ui_port": 8999,
     }  # fmt: skip
     assert seen["given"] == expected
     assert seen["on_start"] == expected, "a Start must keep the command line's flags"
