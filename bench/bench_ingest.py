@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from agent.backoff import backoff  # noqa: E402
 from agent.sources.irc import TwitchChatProtocol, parse_line  # noqa: E402
-from agent.sources.reconnect import ReconnectPolicy  # noqa: E402
 from agent.sources.twitch import TwitchSource  # noqa: E402
 from agent.vocab import ChatMessage, SourceStatus  # noqa: E402
 
@@ -188,12 +188,11 @@ async def drop_timeline(lines: list[str], initial: float) -> None:
 
     async with serve(handler, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
-        policy = ReconnectPolicy(initial=initial, cap=60.0)
         source = TwitchSource(
             "xqcow",
             server_url=f"ws://127.0.0.1:{port}",
             nick="justinfan1",
-            policy=policy,
+            delays=lambda: backoff(initial=initial, factor=2.0, maximum=60.0, jitter=0.5),
             on_status=on_status,
         )
         ids: set[str] = set()
