@@ -261,17 +261,9 @@ class Agent:
             self._loop = None
 
     def _settled_problem(self) -> str | None:
-        """The problem a stopped agent still has to report (a set-aside window, a full disk)."""
-        pipeline = self._pipeline
-        if pipeline is None:
-            return None
-        return pipeline.write_problem or self._set_aside_problem()
-
-    def _set_aside_problem(self) -> str | None:
-        stats = self.stats
-        if not stats.set_aside:
-            return None
-        return f"{stats.set_aside} window(s) set aside, last: {stats.last_set_aside} (see the log)"
+        """The problem a stopped agent still has to report (readings a full disk held back).
+        Set-aside windows have their own count (`set_aside_total`), not a problem line."""
+        return self._pipeline.write_problem if self._pipeline is not None else None
 
     async def _run(self, stop_requested: asyncio.Event) -> None:
         s = self.settings
@@ -493,9 +485,9 @@ class Agent:
             readings_total=len(self.stats.readings),
             parts_waiting=self._parts_waiting,
             upload_state=upload_state,
+            # A set-aside window is counted, not an alarm: the readings go on.
             set_aside_total=self.stats.set_aside,
-            # A set-aside window is worth a line, not an alarm: the readings go on.
-            problem=trouble or self._set_aside_problem(),
+            problem=trouble,
             **self._session_fields(),
             **changes,
         )
