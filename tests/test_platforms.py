@@ -28,6 +28,9 @@ from agent.vocab import Reading
 from tests.platform_fakes import (
     FakeSsnRelay,
     FakeStreamerbot,
+    FakeTwitchIrc,
+    FakeTwitchValidate,
+    irc_privmsg,
     sb_kick_banned,
     sb_kick_chat,
     sb_youtube,
@@ -228,3 +231,56 @@ def test_social_stream_ninja_both_join_styles_file_under_the_chats_platforms(
     assert any("platform=youtube/" in key for key in keys), keys
     assert any("platform=tiktok/" in key for key in keys), keys
     assert not any("platform=ssn" in key or "platform=other" in key for key in keys), keys
+
+
+TOKEN = "abcdefghijklmnopqrstuvwxyz0123"
+
+
+def log_text(tmp_path: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in (tmp_path / "data").rglob("*.log"))
+
+
+def twitch_config(irc_url: str, validate_url: str, bucket: str) -> str:
+    return config_for("twitch", irc_url, bucket, f'validate_url = "{validate_url}"\n')
+
+
+def test_twitch_logged_in_with_a_token_and_the_login_from_the_validation_endpoint(
+    tmp_path: Path, tiny_bundle: Path, s3_server: dict[str, str]
+) -> None:
+    info = {"login": "mybot", "scopes": ["chat:read"], "expires_in": 14_400}
+    lines = [irc_privmsg(n, f"twitch chat line {n}") for n in range(6)]
+    bucket = new_bucket(s3_server)
+    env = {**s3_server, "CAPTAFLOW_TWITCH_TOKEN": TOKEN}
+    with (
+        FakeTwitchValidate({TOKEN: info}) as validate,
+        FakeTwitchIrc("streamer", lines, tokens={TOKEN: "mybot"}) as irc,
+    ):
+        run = run_agent(
+            tmp_path, tiny_bundle, twitch_config(irc.url, validate.url, bucket), env, messages=6
+        )
+    assert run.returncode == 0, run.stderr
+    assert validate.calls == [f"OAuth {TOKEN}"]
+    assert f"PASS oauth:{TOKEN}" in irc.received[0] and "NICK mybot" in irc.received[0]
+    assert by_platform(run.readings, "message_count") == {"twitch": 6}
+    logs = log_text(tmp_path)
+    assert "token of mybot, scopes chat:read, expires in 4 h 0 min" in logs
+    assert TOKEN not in logs + run.stderr + run.stdout
+
+
+def test_twitch_expired_token_reads_anonymously_and_says_so_once(
+    tmp_path: Path, tiny_bundle: Path, s3_server: dict[str, str]
+) -> None:
+    lines = [irc_privmsg(n, f"twitch chat line {n}") for n in range(3)]
+    bucket = new_bucket(s3_server)
+    env = {**s3_server, "CAPTAFLOW_TWITCH_TOKEN": TOKEN}
+    with FakeTwitchValidate({}) as validate, FakeTwitchIrc("streamer", lines, tokens={}) as irc:
+        run = run_agent(
+            tmp_path, tiny_bundle, twitch_config(irc.url, validate.url, bucket), env, messages=3
+        )
+    assert run.returncode == 0, run.stderr
+    assert not any(line.startswith("PASS") for line in irc.received[0])
+    assert by_platform(run.readings, "message_count") == {"twitch": 3}
+    said = log_text(tmp_path) + run.stderr
+    assert said.count("the Twitch token is expired or revoked") >= 1
+    assert "captaflow secrets set twitch_token" in said
+    assert TOKEN not in said
