@@ -474,6 +474,7 @@ class Agent:
             pipeline.write_problem
             or self._disk_problem
             or (source.detail if source.state is SourceState.FAILED else None)
+            or source.problem  # the link works but needs the streamer (agent.sources.link)
         )
         changes: dict[str, Any] = {}
         if current.state in (AgentState.RUNNING, AgentState.TROUBLE):

@@ -52,7 +52,8 @@ class Run:
     stdout: str
     stderr: str
     readings: list[Reading]
-    status: dict[str, Any]
+    status: dict[str, Any]  # status.json after the stop
+    seen: dict[str, Any]  # status.json when the run was stopped (what `until` saw)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
@@ -75,8 +76,25 @@ def environment(tmp_path: Path, extra: dict[str, str]) -> dict[str, str]:
     }
 
 
-def run_agent(tmp_path: Path, bundle: Path, config: str, env: dict[str, str], messages: int) -> Run:
-    """`captaflow run` until `messages` chat messages are in, then Ctrl-C (it seals)."""
+def run_agent(
+    tmp_path: Path,
+    bundle: Path,
+    config: str,
+    env: dict[str, str],
+    messages: int = 0,
+    until: Callable[[dict[str, Any]], bool] | None = None,
+) -> Run:
+    """`captaflow run` until `messages` chat messages are in (or `until(status.json)`), then
+    Ctrl-C (it seals)."""
+    wanted = until or (lambda snapshot: snapshot.get("messages_total", 0) >= messages)
+    seen: dict[str, Any] = {}
+
+    def done(snapshot: dict[str, Any]) -> bool:
+        if wanted(snapshot):
+            seen.update(snapshot)
+            return True
+        return False
+
     (tmp_path / "config.toml").write_text(config)
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "run", "--model", str(bundle), "--quiet"],
@@ -92,9 +110,7 @@ def run_agent(tmp_path: Path, bundle: Path, config: str, env: dict[str, str], me
             return {}
 
     try:
-        wait_for(
-            lambda: proc.poll() is not None or status().get("messages_total", 0) >= messages, 120
-        )
+        wait_for(lambda: proc.poll() is not None or done(status()), 120)
         time.sleep(0.5)  # the last messages into windows before the stop
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
@@ -104,7 +120,7 @@ def run_agent(tmp_path: Path, bundle: Path, config: str, env: dict[str, str], me
             proc.kill()
             proc.communicate()
     readings = list(iter_readings(tmp_path / "data" / "spool"))
-    return Run(proc.returncode, out, err, readings, status())
+    return Run(proc.returncode, out, err, readings, status(), seen)
 
 
 def one_shot_sync(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -284,3 +300,40 @@ def test_twitch_expired_token_reads_anonymously_and_says_so_once(
     assert said.count("the Twitch token is expired or revoked") >= 1
     assert "captaflow secrets set twitch_token" in said
     assert TOKEN not in said
+
+
+def test_streamerbot_refusing_the_subscription_is_a_visible_problem(
+    tmp_path: Path, tiny_bundle: Path, s3_server: dict[str, str]
+) -> None:
+    bucket = new_bucket(s3_server)
+    with FakeStreamerbot(subscribe_error="Invalid events") as bot:
+        run = run_agent(
+            tmp_path,
+            tiny_bundle,
+            config_for("streamerbot", bot.url, bucket),
+            dict(s3_server),
+            until=lambda snapshot: "subscription" in str(snapshot.get("problem") or ""),
+        )
+    assert run.returncode == 0, run.stderr
+    assert "Streamer.bot refused the chat subscription (Invalid events)" in str(
+        run.seen.get("problem")
+    )
+    assert run.seen.get("state") == "trouble"
+
+
+def test_streamerbot_not_running_is_said_in_plain_words(
+    tmp_path: Path, tiny_bundle: Path, s3_server: dict[str, str]
+) -> None:
+    bucket = new_bucket(s3_server)
+    url = "ws://127.0.0.1:9/"  # the discard port: nothing listens there on loopback
+    run = run_agent(
+        tmp_path,
+        tiny_bundle,
+        config_for("streamerbot", url, bucket),
+        dict(s3_server),
+        until=lambda snapshot: "retrying" in json.dumps(snapshot.get("source") or ""),
+    )
+    assert run.returncode == 0, run.stderr
+    said = json.dumps(run.seen.get("source")) + log_text(tmp_path) + run.stderr
+    assert f"can't reach Streamer.bot at {url}: is it running with its WebSocket server on?" in said
+    assert "Errno" not in said and "0.0 s" not in said

@@ -6,18 +6,30 @@ import asyncio
 import gzip
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.audience import KNOWN_BOTS, is_audience
 from agent.errors import SettingsError, SourceError
-from agent.sources import ChatSource, make_source
+from agent.sources import ChatSource, open_source
 from agent.sources.irc import ModerationEvent
 from agent.sources.replay import ReplaySource, parse_speed, parse_time, record_jsonl
 from agent.vocab import ChatMessage, SourceState, SourceStatus
 
 CAPTURE = "xqcow-chat-2019-09-15.irc.gz"
+
+
+@dataclass
+class Source:
+    """The `[source]` settings as the assembly hands them to `open_source`."""
+
+    kind: str
+    channel: str = ""
+    server_url: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 async def collect(source: ChatSource) -> list[ChatMessage]:
@@ -48,14 +60,9 @@ B = 1_700_000_000.0  # 2023-11-14T22:13:20Z: recorded times must be after 2005
 def test_real_irc_capture_at_max_speed(testdata: Path) -> None:
     statuses: list[SourceStatus] = []
     moderation: list[object] = []
-    source = make_source(
-        "replay",
-        channel="",
-        server_url=None,
-        file=testdata / CAPTURE,
-        speed="max",
-        token=None,
-        mapping=None,
+    source = open_source(
+        Source("replay", options={"file": str(testdata / CAPTURE), "speed": "max"}),
+        secrets={},
         on_status=statuses.append,
         on_moderation=moderation.append,
     )
@@ -231,15 +238,11 @@ def test_missing_file_and_bad_settings_say_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"nope\.jsonl does not exist"):
         asyncio.run(collect(source))
     with pytest.raises(SettingsError, match="--file"):
-        make_source(
-            "replay", channel="", server_url=None, file=None, speed="max", token=None, mapping=None
-        )
+        open_source(Source("replay", options={"speed": "max"}), secrets={})
     with pytest.raises(SettingsError, match="'fast-ish'"):
         parse_speed("fast-ish")
     with pytest.raises(SettingsError, match="twitch, streamerbot, ssn, ws, replay"):
-        make_source(
-            "irc", channel="x", server_url=None, file=None, speed=1, token=None, mapping=None
-        )
+        open_source(Source("irc"), secrets={})
 
 
 @pytest.mark.parametrize(

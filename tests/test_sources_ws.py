@@ -5,10 +5,13 @@ loopback servers are in test_bridges_loopback.py; through the real CLI in test_p
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import pytest
 
 from agent.errors import SettingsError, SourceError
-from agent.sources import make_source
+from agent.sources import open_source
 from agent.sources.irc import ModerationEvent
 from agent.sources.jsonws import (
     FieldMapping,
@@ -269,12 +272,16 @@ def test_generic_mapping() -> None:
         parse_mapping({"where": "novalue"}, channel="c")
 
 
+@dataclass
+class Source:
+    kind: str
+    channel: str = ""
+    server_url: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
 def test_settings_errors_name_the_fix() -> None:
     with pytest.raises(SettingsError, match="--server-url"):
-        make_source(
-            "ws", channel="c", server_url=None, file=None, speed=1, token=None, mapping=None
-        )
+        open_source(Source("ws", "c"), secrets={})
     with pytest.raises(SourceError, match="captaflow secrets set ssn_session"):
-        make_source(
-            "ssn", channel="c", server_url=None, file=None, speed=1, token=None, mapping=None
-        )
+        open_source(Source("ssn", "c"), secrets={})

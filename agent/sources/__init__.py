@@ -47,7 +47,6 @@ __all__ = [
     "SourceDescriptor",
     "StatusCallback",
     "descriptor",
-    "make_source",
     "open_source",
     "source_config",
 ]
@@ -118,41 +117,3 @@ def open_source(
     """The running source the `[source]` settings name (see `source_config`)."""
     config = source_config(settings, secrets, on_status, on_moderation)
     return descriptor(config.kind).build(config)
-
-
-def make_source(
-    kind: str,
-    *,
-    channel: str,
-    server_url: str | None,
-    file: Path | None,
-    speed: str | float,
-    token: str | None,
-    mapping: Mapping[str, str] | None,
-    on_status: StatusCallback | None = None,
-    on_moderation: ModerationCallback | None = None,
-) -> ChatSource:
-    """Deprecated: the runtime's old entry point, kept until the assembly calls `open_source`.
-
-    `token` is the secret of the chosen source (the first SecretSpec of its descriptor)."""
-    found = descriptor(kind)
-    options: dict[str, Any] = {spec.name: spec.default for spec in found.settings}
-    options.update(
-        {"file": str(file) if file else "", "speed": speed, "mapping": dict(mapping or {})}
-    )
-    if token and found.secrets:
-        secrets = {found.secrets[0].keyring: token}
-    else:  # the old runtime passes only Twitch's token: read the others as open_source does
-        from agent.secrets import read_secrets
-
-        secrets = read_secrets(found.secrets)
-    config = SourceConfig(
-        kind=found.kind,
-        channel=channel,
-        server_url=server_url or "",
-        options={k: v for k, v in options.items() if k in {s.name for s in found.settings}},
-        secrets=secrets,
-        on_status=on_status,
-        on_moderation=on_moderation,
-    )
-    return found.build(config)
