@@ -29,6 +29,103 @@ BUNDLE_FILES = (MODEL_FILE, TOKENIZER_FILE)
 
 FIX_HINT = "run `captaflow export-model` again to rebuild it"
 
+# What the graph's first output holds: raw logits (the scorer applies a sigmoid) or
+# probabilities already (a graph ending in its own Sigmoid).
+OUTPUTS = ("logits", "probabilities")
+
+
+@dataclass(frozen=True, slots=True)
+class QuantizationSettings:
+    """How the export quantised the model: chosen before it runs, saved as data.
+
+    `smooth_alpha`: SmoothQuant migration strength (0 keeps the activations' outliers, 1
+    moves them all into the weights; None: no migration). `fp32_head`: the classification
+    head (it runs on one token per text) stays fp32. `op_types`: what onnxruntime's dynamic
+    quantiser may turn into int8; the embedding tables (Gather) are left fp32 on purpose.
+    """
+
+    method: str = "dynamic"
+    weight_type: str = "QInt8"
+    activation_type: str = "QUInt8"
+    per_channel: bool = False
+    reduce_range: bool = False
+    op_types: tuple[str, ...] = ("MatMul", "Attention")
+    smooth_alpha: float | None = 0.5
+    fp32_head: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method != "dynamic":
+            raise ValueError(f"quantization method {self.method!r} is not 'dynamic'")
+        if self.weight_type not in ("QInt8", "QUInt8"):
+            raise ValueError(f"weight_type {self.weight_type!r} is not QInt8 or QUInt8")
+        if self.smooth_alpha is not None and not 0.0 <= self.smooth_alpha <= 1.0:
+            raise ValueError(f"smooth_alpha {self.smooth_alpha} is outside 0..1")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "weight_type": self.weight_type,
+            "activation_type": self.activation_type,
+            "per_channel": self.per_channel,
+            "reduce_range": self.reduce_range,
+            "op_types": list(self.op_types),
+            "smooth_alpha": self.smooth_alpha,
+            "fp32_head": self.fp32_head,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> QuantizationSettings:
+        """Read the settings back (older manifests lack the newer keys: their defaults then
+        describe what those exports did, i.e. no migration and an int8 head)."""
+        alpha = data.get("smooth_alpha")
+        return cls(
+            method=str(data.get("method", "dynamic")),
+            weight_type=str(data.get("weight_type", "QInt8")),
+            activation_type=str(data.get("activation_type", "QUInt8")),
+            per_channel=bool(data.get("per_channel", False)),
+            reduce_range=bool(data.get("reduce_range", False)),
+            op_types=tuple(str(x) for x in data.get("op_types", ("MatMul", "Attention", "Gather"))),
+            smooth_alpha=None if alpha is None else float(alpha),
+            fp32_head=bool(data.get("fp32_head", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ParityFigures:
+    """How closely the bundle's int8 model agreed with its fp32 original at export time.
+
+    Measured by the export through the scorer itself (its session options and batching) on
+    `texts` chat-like texts. `top_label_agreement` is over the displayed emotions.
+    """
+
+    texts: int
+    mean_abs_diff: float
+    max_abs_diff: float
+    top_label_agreement: float
+    reference: str
+    passed: bool
+
+    def describe(self) -> str:
+        return (
+            f"mean |dp| {self.mean_abs_diff:.4f}, max {self.max_abs_diff:.4f}, same top "
+            f"emotion {self.top_label_agreement:.1%} of {self.texts} texts (vs {self.reference})"
+        )
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ParityFigures | None:
+        """None when the export skipped parity or the manifest predates these figures."""
+        try:
+            return cls(
+                texts=int(data["texts"]),
+                mean_abs_diff=float(data["mean_abs_diff"]),
+                max_abs_diff=float(data["max_abs_diff"]),
+                top_label_agreement=float(data["top_label_agreement"]),
+                reference=str(data.get("reference", "the original")),
+                passed=bool(data.get("passed", True)),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
@@ -56,6 +153,7 @@ class Manifest:
     problem_type: str = "multi_label_classification"
     # A short label for a test model ("tiny random model", ...); None for the real export.
     test_model: str | None = None
+    outputs: str = "logits"
 
     def __post_init__(self) -> None:
         if not self.labels or len(set(self.labels)) != len(self.labels):
@@ -66,6 +164,18 @@ class Manifest:
             entry = self.files.get(name)
             if not entry or not isinstance(entry.get("sha256"), str):
                 raise ValueError(f"files.{name}.sha256 is missing")
+        if self.outputs not in OUTPUTS:
+            raise ValueError(f"outputs {self.outputs!r} is not one of {list(OUTPUTS)}")
+
+    @property
+    def quantization_settings(self) -> QuantizationSettings:
+        """The typed settings the export quantised with (see QuantizationSettings)."""
+        return QuantizationSettings.from_json(self.quantization)
+
+    @property
+    def parity_figures(self) -> ParityFigures | None:
+        """The int8-vs-fp32 figures of the export, for `captaflow status`; None if skipped."""
+        return ParityFigures.from_json(self.parity)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +193,7 @@ class Manifest:
             "versions": dict(self.versions),
             "created_at": self.created_at,
             "test_model": self.test_model,
+            "outputs": self.outputs,
         }
 
     @classmethod
@@ -109,21 +220,36 @@ class Manifest:
             created_at=str(data.get("created_at", "")),
             problem_type=str(data.get("problem_type", "multi_label_classification")),
             test_model=str(data["test_model"]) if data.get("test_model") else None,
+            outputs=str(data.get("outputs", "logits")),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class ModelBundle:
+    """A verified bundle (`load_bundle`). The file names are the bundle's own; the export
+    points them elsewhere to run its work graphs through the scorer before publishing."""
+
     path: Path
     manifest: Manifest
+    model_file: str = MODEL_FILE
+    tokenizer_file: str = TOKENIZER_FILE
 
     @property
     def model_path(self) -> Path:
-        return self.path / MODEL_FILE
+        return self.path / self.model_file
 
     @property
     def tokenizer_path(self) -> Path:
-        return self.path / TOKENIZER_FILE
+        return self.path / self.tokenizer_file
+
+    @property
+    def test_model(self) -> str | None:
+        """The stand-in's label ("tiny random model", ...), None for the real model."""
+        return self.manifest.test_model
+
+    @property
+    def parity_figures(self) -> ParityFigures | None:
+        return self.manifest.parity_figures
 
     @property
     def model_id(self) -> str:

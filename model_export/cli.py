@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from agent.errors import CaptaFlowError, ExportError, UsageError
 from agent.vocab import MODEL_ID
@@ -21,10 +22,23 @@ from model_export.export import (
     StageClock,
     default_model_dir,
     export_bundle,
+    fp32_head_inputs,
     intermediate_dir_for,
     stand_in_source_dir,
 )
-from model_export.parity import RANDOM_MODEL_TOLERANCE, REAL_MODEL_TOLERANCE
+from model_export.parity import (
+    RANDOM_MODEL_TOLERANCE,
+    REAL_MODEL_TOLERANCE,
+    STAND_IN_TOLERANCE,
+)
+from model_export.parity_texts import CALIBRATION_TEXTS
+from model_export.standin import (
+    STAND_IN_LABEL,
+    STAND_IN_MODEL_ID,
+    STAND_IN_SMALL_LABEL,
+    STAND_IN_SMALL_MODEL_ID,
+    build_stand_in_source,
+)
 from model_export.tiny import (
     RANDOM_BASE_LABEL,
     RANDOM_BASE_MODEL_ID,
@@ -58,6 +72,19 @@ def build_parser(prog: str = "python -m model_export") -> argparse.ArgumentParse
         "--random-base",
         action="store_true",
         help="export roberta-base's shape with random weights (for benchmarks)",
+    )
+    kind.add_argument(
+        "--stand-in",
+        action="store_true",
+        help=(
+            "export the trained-like stand-in: roberta-base's shape, random weights with "
+            "RoBERTa's outlier LayerNorm features and a spread classifier (fidelity proxy)"
+        ),
+    )
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help="with --stand-in: two layers and a small tokenizer (for tests, seconds)",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help=f"bundle directory (default: {default_model_dir()})"
@@ -106,11 +133,13 @@ def build_parser(prog: str = "python -m model_export") -> argparse.ArgumentParse
 
 
 def _run(args: argparse.Namespace) -> None:
-    if (args.tiny or args.random_base) and (args.model_id or args.revision):
+    if (args.tiny or args.random_base or args.stand_in) and (args.model_id or args.revision):
         raise UsageError(
-            "--model-id/--revision name a Hub model; --tiny and --random-base "
+            "--model-id/--revision name a Hub model; --tiny, --random-base and --stand-in "
             "build their own: drop one of them"
         )
+    if args.small and not args.stand_in:
+        raise UsageError("--small goes with --stand-in only")
     if args.threads < 1:
         raise UsageError(f"--threads {args.threads} must be at least 1")
     out: Path = (args.out or default_model_dir()).expanduser()
@@ -124,6 +153,9 @@ def _run(args: argparse.Namespace) -> None:
         "progress": progress,
         "via": args.via,
     }
+    if args.stand_in:
+        _stand_in(args, out, work_dir, common)
+        return
     if not (args.tiny or args.random_base):
         export_bundle(
             args.model_id or MODEL_ID,
@@ -154,6 +186,47 @@ def _run(args: argparse.Namespace) -> None:
             source_model_id=model_id,
             source_revision=f"random-seed-{args.seed}",
             tolerance=RANDOM_MODEL_TOLERANCE,
+            test_model=label,
+            **common,
+        )
+
+
+def _stand_in(
+    args: argparse.Namespace, out: Path, work_dir: Path | None, common: dict[str, Any]
+) -> None:
+    model_id, label = (
+        (STAND_IN_SMALL_MODEL_ID, STAND_IN_SMALL_LABEL)
+        if args.small
+        else (STAND_IN_MODEL_ID, STAND_IN_LABEL)
+    )
+    progress = common["progress"]
+    with tempfile.TemporaryDirectory(prefix="captaflow-source-") as scratch:
+        source_dir = stand_in_source_dir(work_dir) if work_dir is not None else Path(scratch)
+        progress(f"building {model_id} (seed {args.seed}) in {source_dir}")
+        calibration = Path(scratch) / "calibration"
+        try:
+            build_stand_in_source(
+                source_dir,
+                args.seed,
+                small=args.small,
+                max_length=args.max_length,
+                head_inputs=lambda d, texts: fp32_head_inputs(
+                    d, texts, calibration, args.via, args.max_length
+                ),
+                calibration_texts=CALIBRATION_TEXTS,
+            )
+        except OSError as exc:
+            raise ExportError(
+                f"cannot build the model in {source_dir} ({exc}): free some "
+                f"space or pass another --out"
+            ) from exc
+        shutil.rmtree(calibration, ignore_errors=True)
+        export_bundle(
+            source_dir,
+            out,
+            source_model_id=model_id,
+            source_revision=f"stand-in-seed-{args.seed}",
+            tolerance=STAND_IN_TOLERANCE,
             test_model=label,
             **common,
         )

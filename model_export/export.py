@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gc
+import json
 import logging
 import os
 import shutil
@@ -38,6 +39,7 @@ from agent.bundle import (
     TOKENIZER_FILE,
     Manifest,
     ModelBundle,
+    QuantizationSettings,
     file_entry,
     load_bundle,
     publish_bundle,
@@ -49,8 +51,9 @@ from model_export.parity import (
     ParityTolerance,
     check_parity,
     compare_probabilities,
+    parity_problem,
 )
-from model_export.parity_texts import PARITY_TEXTS
+from model_export.parity_texts import CALIBRATION_TEXTS, PARITY_TEXTS
 
 # Chat messages are short: in real captures the median is about 7 tokens and almost none
 # pass 80. 128 keeps every ordinary message whole while capping what a 50,000-character
@@ -88,22 +91,6 @@ class StageClock:
     def __call__(self, message: str) -> None:
         stream = self._stream or sys.stderr
         print(f"[{time.monotonic() - self._start:7.1f}s] {message}", file=stream, flush=True)
-
-
-@dataclass(frozen=True, slots=True)
-class QuantizationSettings:
-    weight_type: str = "QInt8"
-    per_channel: bool = DEFAULT_PER_CHANNEL
-    reduce_range: bool = DEFAULT_REDUCE_RANGE
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "method": "dynamic",
-            "weight_type": self.weight_type,
-            "activation_type": "QUInt8",
-            "per_channel": self.per_channel,
-            "reduce_range": self.reduce_range,
-        }
 
 
 def default_model_dir() -> Path:
@@ -419,11 +406,32 @@ def _export_onnx(model: Any, tokenizer: Any, directory: Path) -> Path:
     return path
 
 
+# The fusions the bundle's graph gets. Left out: SkipLayerNormalization (Add +
+# LayerNormalization in one op) and BiasGelu (Add + Gelu): in onnxruntime's profile of the
+# int8 roberta-base they ran slower than the ops they replace (6.4-6.9 ns per element for
+# SkipLayerNormalization against 0.9 for Add + LayerNormalization). Attention becomes
+# MultiHeadAttention with the Q/K/V projections left as three MatMuls: they quantise as
+# plain MatMulInteger, and SmoothQuant can rescale their shared input. The scorer opens the
+# session with agent.scorer.DISABLED_OPTIMIZERS so onnxruntime does not fuse them back.
+FUSION_CHOICES = {
+    "enable_skip_layer_norm": False,
+    "enable_bias_skip_layer_norm": False,
+    "enable_bias_gelu": False,
+    "use_multi_head_attention": True,
+}
+
+
 def _fuse(
     fp32_path: Path, out_path: Path, config: Any, opt_level: int | None = None
 ) -> dict[str, Any]:
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    from agent.scorer import DISABLED_OPTIMIZERS
     from model_export.lean import fuse_bert
 
+    options = FusionOptions("bert")
+    for name, value in FUSION_CHOICES.items():
+        setattr(options, name, value)
     # opt_level None is the optimizer's default for "bert" (1: an onnxruntime pass first,
     # which imports torch and holds another copy of the model); the light path's graph needs
     # no such pass (0 fuses it the same, tested) and must run without torch. fuse_bert is
@@ -435,23 +443,58 @@ def _fuse(
         num_heads=int(config.num_attention_heads),
         hidden_size=int(config.hidden_size),
         opt_level=opt_level,
+        optimization_options=options,
     )
     fused = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+    optimized.save_model_to_file(str(out_path))
+
     return {
         "tool": "onnxruntime.transformers.optimizer",
         "model_type": "bert",
         "num_heads": int(config.num_attention_heads),
         "hidden_size": int(config.hidden_size),
+        "fusion_options": dict(FUSION_CHOICES),
+        "session_disabled_optimizers": list(DISABLED_OPTIMIZERS),
         "fused_operators": fused,
     }
 
 
-def _quantize(fused_path: Path, work: Path, out_path: Path, settings: QuantizationSettings) -> None:
+def head_nodes(model_path: Path) -> list[str]:
+    """Nodes between the last LayerNormalization and the graph's outputs: the head.
+
+    The classification head reads one token (<s>) per text, so keeping it fp32 costs
+    nothing measurable, while its int8 activations would carry the outlier features of the
+    last LayerNorm straight into the logits.
+    """
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    names: list[str] = []
+    todo = [o.name for o in graph.output]
+    seen: set[str] = set()
+    while todo:
+        node = producer.get(todo.pop())
+        if node is None or node.name in seen or node.op_type == "LayerNormalization":
+            continue
+        seen.add(node.name)
+        names.append(node.name)
+        todo.extend(node.input)
+    return names
+
+
+def _quantize(
+    fused_path: Path,
+    work: Path,
+    out_path: Path,
+    settings: QuantizationSettings,
+    exclude: Sequence[str],
+) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from model_export.lean import pre_process
 
-    prepared = work / "model.prepared.onnx"
+    prepared = fused_path.parent / "model.prepared.onnx"
     # Shape inference over the fused contrib ops; without it quantize_dynamic misses
     # MatMuls whose input shapes it cannot see. (quant_pre_process, weights left on disk
     # when they are external.)
@@ -462,6 +505,9 @@ def _quantize(fused_path: Path, work: Path, out_path: Path, settings: Quantizati
         weight_type=getattr(QuantType, settings.weight_type),
         per_channel=settings.per_channel,
         reduce_range=settings.reduce_range,
+        op_types_to_quantize=list(settings.op_types),
+        # quantize_dynamic rewrites a Gemm as MatMul + Add named "<gemm>_MatMul" first.
+        nodes_to_exclude=[n for name in exclude for n in (name, f"{name}_MatMul")],
     )
 
 
@@ -474,6 +520,14 @@ def write_tokenizer_json(tokenizer: Any, path: Path, max_length: int) -> None:
     backend.no_padding()
     backend.enable_truncation(max_length)
     backend.save(str(path))
+
+
+def prepared_texts(texts: Sequence[str]) -> list[str]:
+    """The texts as the scorer's model reads them (textprep with the default emote table)."""
+    from agent.textprep import load_emote_table, prepare
+
+    emotes = load_emote_table(None)
+    return [prepare(t, emotes) for t in texts]
 
 
 def torch_probabilities(
@@ -584,7 +638,7 @@ def _torch_fp32(
         reference = (
             None
             if parity_texts is None
-            else torch_probabilities(model, tokenizer, parity_texts, max_length)
+            else torch_probabilities(model, tokenizer, prepared_texts(parity_texts), max_length)
         )
     with stage("exporting to ONNX (fp32) with optimum"):
         fp32_path = _export_onnx(model, tokenizer, work / "onnx")
@@ -614,6 +668,7 @@ def export_bundle(
     quantization: QuantizationSettings | None = None,
     tolerance: ParityTolerance = REAL_MODEL_TOLERANCE,
     parity_texts: Sequence[str] = PARITY_TEXTS,
+    calibration_texts: Sequence[str] = CALIBRATION_TEXTS,
     skip_parity: bool = False,
     work_dir: Path | None = None,
     progress: Progress = no_progress,
@@ -682,54 +737,34 @@ def export_bundle(
                 None if skip_parity else parity_texts,
             )
         pad_token_id = int(config.pad_token_id if via == "light" else tokenizer.pad_token_id)
-        with stage("fusing the transformer graph (onnxruntime optimizer)"):
-            fused_path = work / "model.fused.onnx"
-            optimization = _fuse(fp32_path, fused_path, config, 0 if via == "light" else None)
-            optimization["fp32_exporter"] = EXPORTERS[via]
-            if fp32_check is not None:
-                optimization["fp32_check"] = fp32_check
-            progress(f"fused: {optimization['fused_operators']}")
-        with stage(
-            f"quantising to int8 ({settings.weight_type}, per_channel={settings.per_channel})"
-        ):
-            model_path = staging / MODEL_FILE
-            _quantize(fused_path, work, model_path, settings)
-            ops = count_ops(model_path)
-            int8_ops = {op: n for op, n in ops.items() if op in INT8_OPS}
-            if not int8_ops:
-                raise ExportError(
-                    f"quantisation left {model_path} without any int8 operator "
-                    f"({ops}): report this with --debug output"
-                )
-            progress(f"int8 operators: {int8_ops}")
         with stage("writing tokenizer.json"):
             tokenizer_path = staging / TOKENIZER_FILE
             write_tokenizer_json(tokenizer, tokenizer_path, max_length)
-        parity: dict[str, Any] = {"skipped": True}
-        if not skip_parity:
-            with stage(
-                f"checking parity of int8 against {REFERENCES[via]} on {len(parity_texts)} texts"
-            ):
-                if reference is None:
-                    reference = onnx_probabilities(
-                        fp32_path, tokenizer_path, parity_texts, pad_token_id, threads
-                    )
-                parity = _parity(
-                    reference,
-                    pad_token_id,
-                    fused_path,
-                    model_path,
-                    tokenizer_path,
-                    parity_texts,
-                    threads,
-                    tolerance,
-                    REFERENCES[via],
-                )
-            progress(
-                f"parity: max abs diff {parity['max_abs_diff']:.4f}, mean "
-                f"{parity['mean_abs_diff']:.5f}, top label agreement "
-                f"{parity['top_label_agreement']:.0%} (tolerance {tolerance.max_abs_diff})"
-            )
+        # The stage boundary: an fp32 ONNX graph (either exporter) and tokenizer.json in;
+        # everything after is the same for both.
+        parts = int8_from_fp32(
+            fp32_path,
+            tokenizer_path,
+            staging / MODEL_FILE,
+            work,
+            shape=GraphShape(
+                num_attention_heads=int(config.num_attention_heads),
+                hidden_size=int(config.hidden_size),
+                pad_token_id=pad_token_id,
+                max_length=max_length,
+            ),
+            settings=settings,
+            tolerance=tolerance,
+            parity_texts=None if skip_parity else parity_texts,
+            calibration_texts=calibration_texts,
+            threads=threads,
+            opt_level=0 if via == "light" else None,
+            torch_reference=reference,
+            progress=progress,
+        )
+        parts.optimization["fp32_exporter"] = EXPORTERS[via]
+        if fp32_check is not None:
+            parts.optimization["fp32_check"] = fp32_check
         with stage("publishing the bundle"):
             manifest = Manifest(
                 source_model_id=source_model_id or source,
@@ -738,20 +773,16 @@ def export_bundle(
                 max_length=max_length,
                 pad_token_id=pad_token_id,
                 files={
-                    MODEL_FILE: file_entry(model_path),
+                    MODEL_FILE: file_entry(staging / MODEL_FILE),
                     TOKENIZER_FILE: file_entry(tokenizer_path),
                 },
-                quantization={
-                    **settings.to_json(),
-                    "tool": "onnxruntime.quantization",
-                    "int8_operators": int8_ops,
-                    "operators": ops,
-                },
-                optimization=optimization,
-                parity=parity,
+                quantization=parts.quantization,
+                optimization=parts.optimization,
+                parity=parts.parity,
                 versions=package_versions(),
                 created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 test_model=test_model,
+                outputs="logits",
             )
             progress(f"moving it into place: {out}")
             publish_bundle(staging, out, manifest)
@@ -765,43 +796,305 @@ def export_bundle(
             shutil.rmtree(work, ignore_errors=True)
 
 
+def fp32_head_inputs(
+    source_dir: Path, texts: Sequence[str], work: Path, via: str = "light", max_length: int = 128
+) -> np.ndarray:
+    """What the classifier head reads (texts x hidden) in the fp32 graph of `source_dir`.
+
+    Runs the export's own first stage (the `via` exporter) into `work`, so a stand-in's head
+    is calibrated on the graph the export quantises.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from model_export.standin import head_input_name
+
+    work.mkdir(parents=True, exist_ok=True)
+    if via == "light":
+        from model_export.graph import build_fp32_onnx
+
+        fp32_path = build_fp32_onnx(source_dir, work / MODEL_FILE)
+    else:
+        tokenizer, model = _load_source(str(source_dir), 1)
+        fp32_path = _export_onnx(model, tokenizer, work)
+        del model
+    name = head_input_name(fp32_path, source_dir)
+    model_proto = onnx.load(str(fp32_path))
+    model_proto.graph.output.append(onnx.ValueInfoProto(name=name))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(
+        model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    config = json.loads((source_dir / "config.json").read_text(encoding="utf-8"))
+    from tokenizers import Tokenizer
+
+    from agent.scorer import feeds_for
+
+    tokenizer_json = Tokenizer.from_file(str(source_dir / TOKENIZER_FILE))
+    tokenizer_json.no_padding()
+    tokenizer_json.enable_truncation(max_length)
+    prepared = prepared_texts(texts)
+    sequences = [tokenizer_json.encode(t).ids for t in prepared]
+    rows: list[np.ndarray] = [np.empty(0)] * len(texts)
+    for batch, feed in feeds_for(sequences, int(config.get("pad_token_id", 1)), prepared):
+        (values,) = session.run([name], feed)
+        for row, index in zip(values, batch, strict=True):
+            rows[index] = np.asarray(row, dtype=np.float64)
+    return np.stack(rows)
+
+
+# ---------------------------------------------------------------------------------------
+# Stage two: fp32 ONNX + tokenizer.json -> int8 model.onnx, whichever exporter made the graph.
+
+
+@dataclass(frozen=True, slots=True)
+class GraphShape:
+    """What stage two needs to know of the model besides its graph."""
+
+    num_attention_heads: int
+    hidden_size: int
+    pad_token_id: int
+    max_length: int
+
+
+@dataclass(slots=True)
+class Int8Parts:
+    """What stage two produced for the manifest (the model itself is at `model_path`)."""
+
+    quantization: dict[str, Any]
+    optimization: dict[str, Any]
+    parity: dict[str, Any]
+
+
+def _provisional_bundle(model_path: Path, tokenizer_path: Path, shape: GraphShape) -> ModelBundle:
+    """A bundle over a work graph and the bundle's tokenizer.json, so the parity check runs
+    each graph through `agent.scorer.Scorer` exactly as the agent will."""
+    unverified = {"sha256": "unverified (export work file)"}
+    manifest = Manifest(
+        source_model_id="export-work",
+        source_revision="",
+        labels=LABELS,
+        max_length=shape.max_length,
+        pad_token_id=shape.pad_token_id,
+        files={MODEL_FILE: unverified, TOKENIZER_FILE: unverified},
+        outputs="logits",
+    )
+    return ModelBundle(
+        path=model_path.parent,
+        manifest=manifest,
+        model_file=model_path.name,
+        tokenizer_file=str(tokenizer_path.resolve()),
+    )
+
+
+def scorer_probabilities(
+    model_path: Path,
+    tokenizer_path: Path,
+    shape: GraphShape,
+    texts: Sequence[str],
+    threads: int,
+) -> np.ndarray:
+    """Probabilities of the graph at `model_path` through agent.scorer (cache off): the
+    scorer's session options, textprep, tokeniser and batch plan."""
+    from agent.scorer import Scorer
+
+    bundle = _provisional_bundle(model_path, tokenizer_path, shape)
+    scorer = Scorer(bundle, threads=threads, cache_size=0)
+    return scorer.score(list(texts)).astype(np.float64)
+
+
+def calibration_feeds(
+    tokenizer_path: Path, pad_token_id: int, texts: Sequence[str], max_length: int
+) -> list[dict[str, np.ndarray]]:
+    """The scorer's batches (textprep, truncation, batch plan, padding) of `texts`."""
+    from tokenizers import Tokenizer
+
+    from agent.scorer import feeds_for
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
+    prepared = prepared_texts(texts)
+    sequences = [tokenizer.encode(t).ids for t in prepared]
+    return [feed for _, feed in feeds_for(sequences, pad_token_id, prepared)]
+
+
+def int8_from_fp32(
+    fp32_path: Path,
+    tokenizer_path: Path,
+    model_path: Path,
+    work: Path,
+    *,
+    shape: GraphShape,
+    settings: QuantizationSettings,
+    tolerance: ParityTolerance,
+    parity_texts: Sequence[str] | None,
+    calibration_texts: Sequence[str] = CALIBRATION_TEXTS,
+    threads: int = 1,
+    opt_level: int | None = 0,
+    torch_reference: np.ndarray | None = None,
+    progress: Progress = no_progress,
+) -> Int8Parts:
+    """Fuse, migrate outliers, quantise and check `fp32_path`; writes `model_path`.
+
+    `fp32_path` must be named model.onnx (its external data beside it); `tokenizer_path` is
+    the bundle's tokenizer.json. `parity_texts` None skips the parity check. Raises
+    ExportError when the int8 model is out of `tolerance` against the fp32 graph.
+    """
+    from model_export.smooth import smooth_graph
+
+    stage = _Stages(progress)
+    with stage("fusing the transformer graph (onnxruntime optimizer)"):
+        # Beside the fp32 graph: with external weights (light path) the fused graph keeps
+        # pointing into the fp32 graph's data file instead of copying it.
+        fused_path = fp32_path.parent / "model.fused.onnx"
+        optimization = _fuse(fp32_path, fused_path, shape, opt_level)
+        progress(f"fused: {optimization['fused_operators']}")
+    to_quantize = fused_path
+    outliers: dict[str, Any] = {}
+    if settings.smooth_alpha is not None:
+        with stage(
+            f"migrating activation outliers into the weights (SmoothQuant, alpha "
+            f"{settings.smooth_alpha}, calibrated on {len(calibration_texts)} chat texts)"
+        ):
+            smoothed_path = fp32_path.parent / "model.smoothed.onnx"
+            sites = smooth_graph(
+                fused_path,
+                smoothed_path,
+                lambda: calibration_feeds(
+                    tokenizer_path, shape.pad_token_id, calibration_texts, shape.max_length
+                ),
+                settings.smooth_alpha,
+            )
+            to_quantize = smoothed_path
+            outliers["smoothquant"] = {
+                "alpha": settings.smooth_alpha,
+                "calibration_texts": len(calibration_texts),
+                "sites": [
+                    {
+                        "activation": site.activation,
+                        "matmuls": list(site.matmuls),
+                        "outlier_ratio_before": site.max_activation_ratio,
+                        "outlier_ratio_after": site.after_ratio,
+                    }
+                    for site in sites
+                ],
+            }
+            progress(
+                f"migrated {len(sites)} activations (largest channel / median channel: "
+                f"{max((x.max_activation_ratio for x in sites), default=0):.0f} before, "
+                f"{max((x.after_ratio for x in sites), default=0):.1f} after)"
+            )
+    head = head_nodes(to_quantize) if settings.fp32_head else []
+    outliers["fp32_nodes"] = head
+    outliers["fp32_ops"] = sorted(
+        {"Gather"} - set(settings.op_types)
+    )  # embedding look-ups stay fp32 when Gather is not quantised
+    with stage(
+        f"quantising to int8 ({settings.weight_type}, per_channel={settings.per_channel}, "
+        f"{len(head)} head nodes kept fp32)"
+    ):
+        _quantize(to_quantize, work, model_path, settings, head)
+        ops = count_ops(model_path)
+        int8_ops = {op: n for op, n in ops.items() if op in INT8_OPS}
+        if not int8_ops:
+            raise ExportError(
+                f"quantisation left {model_path} without any int8 operator "
+                f"({ops}): report this with --debug output"
+            )
+        progress(f"int8 operators: {int8_ops}")
+    quantization = {
+        **settings.to_json(),
+        "tool": "onnxruntime.quantization",
+        "int8_operators": int8_ops,
+        "operators": ops,
+        "outliers": outliers,
+    }
+    parity: dict[str, Any] = {"skipped": True}
+    if parity_texts is not None:
+        with stage(
+            f"checking parity of int8 against the fp32 graph on {len(parity_texts)} texts "
+            f"(through agent.scorer)"
+        ):
+            parity = _parity(
+                fp32_path,
+                to_quantize,
+                model_path,
+                tokenizer_path,
+                work,
+                shape,
+                parity_texts,
+                threads,
+                tolerance,
+                torch_reference,
+            )
+        progress(
+            f"parity: mean |dp| {parity['mean_abs_diff']:.5f}, max {parity['max_abs_diff']:.4f}, "
+            f"same top emotion {parity['top_label_agreement']:.1%} "
+            f"(tolerance: mean {tolerance.max_mean_abs_diff}, max {tolerance.max_abs_diff}, "
+            f"agreement {tolerance.min_top_label_agreement})"
+        )
+    return Int8Parts(quantization=quantization, optimization=optimization, parity=parity)
+
+
 def _parity(
-    reference: np.ndarray,
-    pad: int,
-    fused_path: Path,
+    fp32_path: Path,
+    prequant_path: Path,
     int8_path: Path,
     tokenizer_path: Path,
+    work: Path,
+    shape: GraphShape,
     texts: Sequence[str],
     threads: int,
     tolerance: ParityTolerance,
-    reference_name: str = "PyTorch fp32",
+    torch_reference: np.ndarray | None,
 ) -> dict[str, Any]:
-    # fp32 ONNX first: when int8 fails, this tells an export bug from a quantisation loss.
-    fp32 = compare_probabilities(
-        reference,
-        onnx_probabilities(fused_path, tokenizer_path, texts, pad, threads),
-        texts,
-        LABELS,
-    )
-    int8 = compare_probabilities(
-        reference, onnx_probabilities(int8_path, tokenizer_path, texts, pad, threads), texts, LABELS
-    )
-    check_parity(fp32, ParityTolerance(max_abs_diff=1e-3), "the fused fp32 ONNX model")
-    check_parity(int8, tolerance, "the int8 model")
+    """int8 against the fp32 graph, both through agent.scorer (same options, batching).
+
+    Also checked, to tell an export bug from a quantisation loss: the fused (and smoothed)
+    fp32 graph that was quantised against the fp32 graph, and with the optimum exporter the
+    fp32 graph against PyTorch.
+    """
+    reference = scorer_probabilities(fp32_path, tokenizer_path, shape, texts, threads)
+    prequant = scorer_probabilities(prequant_path, tokenizer_path, shape, texts, threads)
+    candidate = scorer_probabilities(int8_path, tokenizer_path, shape, texts, threads)
+    exact = ParityTolerance(max_abs_diff=1e-3)
+    extra: dict[str, Any] = {}
+    if torch_reference is not None:
+        vs_torch = compare_probabilities(torch_reference, reference, texts, LABELS)
+        check_parity(vs_torch, exact, "the fp32 ONNX graph (against PyTorch)")
+        extra["fp32_onnx_vs_pytorch_max_abs_diff"] = round(vs_torch.max_abs_diff, 8)
+    pre = compare_probabilities(reference, prequant, texts, LABELS)
+    check_parity(pre, exact, "the fused fp32 graph before quantisation")
+    int8 = compare_probabilities(reference, candidate, texts, LABELS)
+    problem = parity_problem(int8, tolerance, "the int8 model")
+    if problem is not None:
+        raise ExportError(
+            f"{problem} (mean |dp| {int8.mean_abs_diff:.5f}, max {int8.max_abs_diff:.4f}, "
+            f"top emotion {int8.top_label_agreement:.1%}): the bundle is not published; "
+            f"report this with --debug output"
+        )
     return {
         **int8.to_json(),
-        "fp32_onnx_max_abs_diff": round(fp32.max_abs_diff, 8),
+        "fp32_onnx_max_abs_diff": round(pre.max_abs_diff, 8),
+        **extra,
         "tolerance": tolerance.to_json(),
-        "reference": f"{reference_name}, sigmoid of logits",
+        "passed": True,
+        "reference": "the fp32 ONNX graph",
+        "measured_with": "agent.scorer (its session options, textprep and batch plan)",
     }
 
 
 __all__ = [
     "DEFAULT_MAX_LENGTH",
     "MANIFEST_FILE",
+    "GraphShape",
     "QuantizationSettings",
     "StageClock",
     "count_ops",
     "default_model_dir",
     "export_bundle",
+    "int8_from_fp32",
 ]

@@ -29,6 +29,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,11 +44,11 @@ class SmoothedSite:
     after_ratio: float  # the same, after dividing by s
 
 
-def _matmul_groups(model: object, min_rows: int) -> dict[str, list[object]]:
+def _matmul_groups(model: Any, min_rows: int) -> dict[str, list[Any]]:
     """Activation name -> MatMul nodes with an initializer weight of >= min_rows rows."""
-    graph = model.graph  # type: ignore[attr-defined]
+    graph = model.graph
     inits = {init.name: init for init in graph.initializer}
-    groups: dict[str, list[object]] = defaultdict(list)
+    groups: dict[str, list[Any]] = defaultdict(list)
     for node in graph.node:
         if node.op_type != "MatMul" or len(node.input) != 2:
             continue
@@ -120,7 +121,7 @@ def smooth_graph(
         for name in node.input:
             consumers[name] += 1
     sites: list[SmoothedSite] = []
-    new_nodes: list[tuple[object, object]] = []
+    new_nodes: list[tuple[Any, Any]] = []
     for activation, nodes in groups.items():
         x_max = np.maximum(maxima[activation].astype(np.float64), 1e-5)
         ratio = float(x_max.max() / np.median(x_max))
@@ -146,13 +147,13 @@ def smooth_graph(
             "Mul", [activation, inv_name], [smoothed], name=f"SmoothQuantMul_{len(sites)}"
         )
         for node in nodes:
-            node.input[0] = smoothed  # type: ignore[attr-defined]
+            node.input[0] = smoothed
         new_nodes.append((nodes[0], mul))
         after = x_max / s
         sites.append(
             SmoothedSite(
                 activation=activation,
-                matmuls=tuple(n.name for n in nodes),  # type: ignore[attr-defined]
+                matmuls=tuple(n.name for n in nodes),
                 max_activation_ratio=round(ratio, 2),
                 after_ratio=round(float(after.max() / np.median(after)), 2),
             )

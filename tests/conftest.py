@@ -47,6 +47,34 @@ def tiny_source(_tiny_export: tuple[Path, Path]) -> Path:
     return _tiny_export[1]
 
 
+@pytest.fixture(scope="session")
+def _stand_in_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from model_export.cli import main as export_main
+    from model_export.export import intermediate_dir_for, stand_in_source_dir
+
+    out = tmp_path_factory.mktemp("stand-in-export") / "bundle"
+    status = export_main(
+        ["--stand-in", "--small", "--out", str(out), "--threads", "1", "--keep-intermediate"]
+    )
+    if status != 0:
+        pytest.fail(f"`python -m model_export --stand-in --small` exited with {status}")
+    return out, stand_in_source_dir(intermediate_dir_for(out))
+
+
+@pytest.fixture(scope="session")
+def stand_in_bundle(_stand_in_export: tuple[Path, Path]) -> Path:
+    """The small trained-like stand-in (roberta-base width, 2 layers, outlier LayerNorm
+    features, spread head) exported through the real path; its fp32 graph is kept in
+    intermediate_dir_for(bundle) / "onnx"."""
+    return _stand_in_export[0]
+
+
+@pytest.fixture(scope="session")
+def stand_in_source(_stand_in_export: tuple[Path, Path]) -> Path:
+    """The Hugging Face model directory `stand_in_bundle` was exported from."""
+    return _stand_in_export[1]
+
+
 # --- a real S3 server on 127.0.0.1 (moto), for the agent's end-to-end tests ------------------
 
 

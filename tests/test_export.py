@@ -20,7 +20,14 @@ import onnx
 import pytest
 from tokenizers import Tokenizer
 
-from agent.bundle import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, load_bundle, sha256_of
+from agent.bundle import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    QuantizationSettings,
+    load_bundle,
+    sha256_of,
+)
 from agent.errors import ExportError, ModelBundleError
 from agent.vocab import LABELS
 from model_export.cli import main as export_main
@@ -29,16 +36,19 @@ from model_export.export import (
     INT8_OPS,
     count_ops,
     export_bundle,
+    intermediate_dir_for,
     onnx_probabilities,
     torch_probabilities,
     translate_load_error,
 )
 from model_export.parity import (
     RANDOM_MODEL_TOLERANCE,
+    STAND_IN_TOLERANCE,
     ParityTolerance,
     check_parity,
     compare_probabilities,
 )
+from model_export.standin import STAND_IN_SMALL_LABEL
 from model_export.tiny import TINY_MODEL_ID
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,8 +92,15 @@ def test_tiny_bundle_loads_with_labels_checksums_and_parity(tiny_bundle: Path) -
     assert parity["fp32_onnx_max_abs_diff"] < 1e-3
     assert manifest.quantization["weight_type"] == "QInt8"
     assert isinstance(manifest.quantization["per_channel"], bool)
+    # The settings are typed data: read back, they are the ones the export ran with.
+    assert manifest.quantization_settings == QuantizationSettings()
+    assert manifest.outputs == "logits"
+    assert manifest.test_model == "tiny random model"
+    figures = manifest.parity_figures
+    assert figures is not None and figures.passed and figures.texts == parity["texts"]
+    assert parity["measured_with"].startswith("agent.scorer")
     # Two layers, two fused attention blocks: the fusion recognised the exported graph.
-    assert manifest.optimization["fused_operators"]["Attention"] == 2
+    assert manifest.optimization["fused_operators"]["MultiHeadAttention"] == 2
     for package in ("torch", "transformers", "optimum", "onnxruntime", "onnx", "captaflow"):
         assert manifest.versions[package]
     assert sorted(p.name for p in tiny_bundle.iterdir()) == sorted(
@@ -101,14 +118,18 @@ def test_graph_is_int8_with_no_large_fp32_matmul_left(tiny_bundle: Path) -> None
         for init in graph.initializer
         if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) == 2
     }
+    kept = load_bundle(tiny_bundle).manifest.quantization["outliers"]["fp32_nodes"]
+    head = {n for name in kept for n in (name, f"{name}_MatMul")}  # Gemm -> MatMul + Add
     fp32_matmul_weights = [
         (node.name, float_weights[name])
         for node in graph.node
-        if node.op_type in ("MatMul", "Gemm", "Attention")
+        if node.op_type in ("MatMul", "Gemm", "Attention") and node.name not in head
         for name in node.input
         if float_weights.get(name, 0) >= 1024
     ]
+    # Only the classification head (one token per text) is left fp32, on purpose.
     assert fp32_matmul_weights == []
+    assert head and all(name.startswith("/classifier/") for name in head)
     assert load_bundle(tiny_bundle).manifest.quantization["int8_operators"] == {
         op: n for op, n in ops.items() if op in INT8_OPS
     }
@@ -145,6 +166,103 @@ def test_tokenizer_json_matches_the_hf_tokenizer_and_truncates(
     assert len(long) == DEFAULT_MAX_LENGTH
     assert (long[0], long[-1]) == (0, 2)  # <s> ... </s> survive truncation
     assert [ours.token_to_id(t) for t in ("<s>", "<pad>", "</s>", "<unk>")] == [0, 1, 2, 3]
+
+
+FUSED_OPS_LEFT_OUT = ("SkipLayerNormalization", "BiasGelu", "Attention", "QAttention")
+
+
+def test_bundle_graph_has_the_fast_fusions_and_onnxruntime_keeps_them(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    import onnxruntime as ort
+
+    from agent.scorer import DISABLED_OPTIMIZERS, session_options
+
+    ops = count_ops(tiny_bundle / MODEL_FILE)
+    assert ops["MultiHeadAttention"] == 2
+    assert ops["LayerNormalization"] == 5  # embeddings + 2 per layer, each after its Add
+    assert ops["Gelu"] == 2
+    assert not [op for op in FUSED_OPS_LEFT_OUT if op in ops]
+    # What onnxruntime runs after its own load-time fusions, with the scorer's options.
+    options = session_options(1)
+    optimized = tmp_path / "optimized.onnx"
+    options.optimized_model_filepath = str(optimized)
+    ort.InferenceSession(
+        str(tiny_bundle / MODEL_FILE),
+        options,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(DISABLED_OPTIMIZERS),
+    )
+    running = count_ops(optimized)
+    assert running.get("MultiHeadAttention") == 2
+    assert not [op for op in ("SkipLayerNormalization", "BiasGelu") if op in running]
+    # Without the disabled optimizers onnxruntime would fuse them back: the option matters.
+    plain = session_options(1)
+    refused = tmp_path / "refused.onnx"
+    plain.optimized_model_filepath = str(refused)
+    ort.InferenceSession(str(tiny_bundle / MODEL_FILE), plain, providers=["CPUExecutionProvider"])
+    assert count_ops(refused).get("SkipLayerNormalization", 0) > 0
+
+
+# --- the trained-like stand-in: fidelity where int8 can fail ------------------------------
+
+
+def test_stand_in_bundle_is_within_the_strict_tolerance(stand_in_bundle: Path) -> None:
+    manifest = load_bundle(stand_in_bundle).manifest
+    assert manifest.test_model == STAND_IN_SMALL_LABEL
+    figures = manifest.parity_figures
+    assert figures is not None and figures.texts >= 300
+    # The export itself fails outside STAND_IN_TOLERANCE; the target is stricter.
+    assert figures.mean_abs_diff <= 0.003
+    assert figures.max_abs_diff <= STAND_IN_TOLERANCE.max_abs_diff
+    assert figures.top_label_agreement >= 0.995
+    outliers = manifest.quantization["outliers"]
+    sites = outliers["smoothquant"]["sites"]
+    # Every LayerNorm output that feeds MatMuls (embeddings, and 2 per layer but the last,
+    # whose output only the fp32 head reads) carried the x15 features and was migrated.
+    assert len(sites) == 4
+    assert all(s["outlier_ratio_before"] > 4 * s["outlier_ratio_after"] for s in sites)
+    assert outliers["fp32_nodes"]
+
+
+def test_stand_in_shows_what_plain_int8_gets_wrong(stand_in_source: Path, tmp_path: Path) -> None:
+    # The earlier export's recipe (no migration, int8 head and embeddings) on the same
+    # stand-in: the strict tolerance refuses it, so the stand-in does catch outlier damage.
+    plain = QuantizationSettings(
+        smooth_alpha=None, fp32_head=False, op_types=("MatMul", "Attention", "Gather")
+    )
+    with pytest.raises(ExportError, match="int8 model"):
+        export_bundle(
+            stand_in_source,
+            tmp_path / "plain",
+            quantization=plain,
+            tolerance=STAND_IN_TOLERANCE,
+        )
+    assert not (tmp_path / "plain").exists()
+
+
+def test_stand_in_probabilities_span_the_trained_range(stand_in_bundle: Path) -> None:
+    from agent.scorer import Scorer
+    from model_export.parity_texts import PARITY_TEXTS
+
+    scores = Scorer.open(stand_in_bundle, cache_size=0).score(list(PARITY_TEXTS))
+    assert scores.min() < 0.06 and scores.max() > 0.98
+
+
+def test_parity_figures_are_what_the_scorer_measures(stand_in_bundle: Path) -> None:
+    from agent.scorer import Scorer
+    from model_export.export import GraphShape, scorer_probabilities
+    from model_export.parity_texts import PARITY_TEXTS
+
+    manifest = load_bundle(stand_in_bundle).manifest
+    fp32_graph = intermediate_dir_for(stand_in_bundle) / "model.fp32.onnx"
+    shape = GraphShape(12, 768, manifest.pad_token_id, manifest.max_length)
+    tokenizer = stand_in_bundle / TOKENIZER_FILE
+    reference = scorer_probabilities(fp32_graph, tokenizer, shape, PARITY_TEXTS, 1)
+    ours = Scorer.open(stand_in_bundle, cache_size=0).score(list(PARITY_TEXTS))
+    report = compare_probabilities(reference, ours, PARITY_TEXTS, LABELS)
+    assert report.mean_abs_diff == pytest.approx(manifest.parity["mean_abs_diff"], abs=1e-6)
+    assert report.max_abs_diff == pytest.approx(manifest.parity["max_abs_diff"], abs=1e-6)
 
 
 # --- bundles the loader must refuse ----------------------------------------------------------
