@@ -478,13 +478,16 @@ def _run_agent(
 
     `own_session`: a session of its own with its own dedup scope (the demo, every time)."""
     from agent.runtime import Agent
-    from agent.single_instance import SingleInstance
+    from agent.single_instance import SingleInstance, agent_folders
 
     settings = inv.settings(extra)
     inv.start_logging(settings, console=True)
     _require_setup(settings)
     _require_model(settings)
-    with SingleInstance(Path(settings.data_dir)) as lock:
+    # Every folder the agent writes (data, spool, journal): one owner each.
+    with SingleInstance(*agent_folders(settings)) as lock:
+        if not lock.acquired and lock.taken != Path(settings.data_dir):
+            raise CaptaFlowError(lock.message)
         if not lock.acquired:
             raise CaptaFlowError(
                 f"CaptaFlow is already running (pid {lock.holder_pid}) on {settings.data_dir}: "

@@ -14,6 +14,24 @@ transaction survives the process being killed; only a power cut can lose the las
 writes into an open transaction that `flush()` commits; the runtime flushes at least every
 0.5 s, so at most the last second of messages is lost on `kill -9`.
 
+Full disk: every write is kept in memory until its transaction commits. When SQLite refuses
+one (SQLITE_FULL, an I/O error), it has often rolled the whole transaction back already, so
+the journal rolls back what is still open, never commits a transaction that is gone, and
+holds every write since the last commit in memory, in order (`problem` says so in one line,
+with what waits). Messages are still deduplicated meanwhile; `flush()` tries again every
+`RETRY_SECONDS` and writes the held writes in order, in transactions of whole calls, once
+there is room. Nothing raises for a full disk, so the agent keeps running; what waits is lost
+only if the process dies before space returns (then the messages never journaled are gone,
+as on any crash, and everything journaled is windowed again).
+
+Bound: `max_bytes` holds for the database and its WAL together. The database uses
+incremental auto-vacuum (a journal made without it is VACUUMed once), `prune` deletes what no
+reading is owed for down to `data_target`, gives the pages back and truncates the WAL; the
+journal runs it by itself every `UPKEEP_MESSAGES` messages or `UPKEEP_SECONDS`, so a fast
+chat cannot outgrow the bound between two of the runtime's prunes. The WAL is checkpointed at
+half its budget (`wal_budget`: an eighth of the bound, at most a quarter of the free space) and
+cut back to the budget, and no transaction holds more than `TX_MAX_WRITES` writes.
+
 Schema (PRAGMA user_version = SCHEMA_VERSION):
 
     sessions(session_id PK, platform, channel, started_at, ended_at NULL)
@@ -35,6 +53,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -46,7 +65,7 @@ from typing import Any
 from agent.errors import CaptaFlowError
 from agent.vocab import ChatMessage, ModerationEvent, validate_name
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("captaflow.journal")
 
 SCHEMA_VERSION = 2
 
@@ -245,6 +264,73 @@ def _moderation_fields(
     )
 
 
+# ----------------------------------------------------------------- the write path
+
+# Writes of one transaction at most: a checkpoint cannot split a transaction, so this keeps
+# every transaction (and so the WAL) small whatever the chat rate.
+TX_MAX_WRITES = 200
+# Writes replayed per transaction when the disk has room again.
+REPLAY_CHUNK = 500
+# Messages held in memory at most while the disk is full (about 30-60 MB); beyond that new
+# messages are dropped and counted, rather than the agent running out of memory.
+MAX_HELD_MESSAGES = 100_000
+# Seconds between two attempts to write what a full disk held back.
+RETRY_SECONDS = 2.0
+# Upkeep (prune, incremental vacuum, WAL truncation) after this many messages or seconds.
+UPKEEP_MESSAGES = 1000
+UPKEEP_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One statement of a write, kept until its transaction is committed.
+
+    `key` is the message key an insert journals (so duplicates are still refused while the
+    writes wait in memory); `last` marks the end of one public call (`assign`, `confirm`...),
+    whose statements are never split over two transactions on replay."""
+
+    sql: str
+    params: Any
+    many: bool = False
+    key: str | None = None
+    last: bool = True
+
+
+def wal_budget(max_bytes: int, free: int | None = None) -> int:
+    """Bytes the WAL may take: an eighth of the journal's bound, 64 KB to 4 MB, and no more
+    than a quarter of the free space, so on a small disk the WAL alone never fills it."""
+    budget = max(64 << 10, min(4 << 20, max_bytes // 8))
+    if free is not None:
+        budget = min(budget, max(64 << 10, free // 4))
+    return budget
+
+
+def room_needed(max_bytes: int) -> int:
+    """Free bytes the journal wants to start and keep up: its schema, a full WAL and a margin."""
+    return 2 * wal_budget(max_bytes) + (256 << 10)
+
+
+def _disk_problem(exc: sqlite3.Error) -> bool:
+    """Errors that waiting can cure: a full disk, an I/O error, a lock held too long."""
+    return isinstance(exc, sqlite3.OperationalError) and not _looks_corrupt(exc)
+
+
+def _is_full(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or "disk is full" in str(exc).lower()
+
+
+def _kb(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MB" if n >= 1 << 20 else f"{n / 1024:.0f} KB"
+
+
+def _free(directory: Path) -> int | None:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
 class Journal:
     """Append-only SQLite journal of chat messages and their batches. See the module doc."""
 
@@ -257,6 +343,18 @@ class Journal:
         self.max_bytes = max_bytes
         self._in_tx = False
         self._duplicates = 0
+        # Writes since the last commit: the open transaction's, or, while `_held`, every write
+        # the disk refused, in order, replayed by `flush()` once there is room.
+        self._writes: list[_Write] = []
+        self._keys: set[str] = set()  # message keys among `_writes`
+        self._held = False
+        self._held_error = ""
+        self._last_retry = 0.0
+        self.dropped = 0  # messages dropped because too many waited in memory
+        self._since_upkeep = 0
+        self._last_upkeep = time.monotonic()
+        self._in_upkeep = False
+        self._warned_bound = False
 
     # ----------------------------------------------------------------- opening
 
@@ -270,20 +368,41 @@ class Journal:
                 f"cannot create the journal folder {path.parent}: {exc.strerror}; "
                 "choose a writable --data-dir"
             ) from exc
+        need = room_needed(max_bytes)
+        free = _free(path.parent)
         try:
-            conn = cls._connect(path)
-        except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and not _looks_corrupt(exc):
+            try:
+                conn = cls._connect(path, max_bytes)
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.OperationalError) and not _looks_corrupt(exc):
+                    raise
+                aside = _set_aside(path)
+                log.warning(
+                    "journal %s is not a readable database (%s); moved to %s", path, exc, aside
+                )
+                conn = cls._connect(path, max_bytes)
+        except sqlite3.OperationalError as exc:
+            if _is_full(exc) or (free is not None and free < need):
                 raise JournalError(
-                    f"cannot open the journal {path}: {exc}; check the folder's permissions"
+                    f"disk full: cannot open the journal {path} "
+                    f"({_kb(free or 0)} free); CaptaFlow needs at least {_kb(need)} free there "
+                    "to start: free some space on that drive or choose another --data-dir"
                 ) from exc
-            aside = _set_aside(path)
-            log.warning("journal %s is not a readable database (%s); moved to %s", path, exc, aside)
-            conn = cls._connect(path)
+            raise JournalError(
+                f"cannot open the journal {path}: {exc}; check the folder's permissions"
+            ) from exc
+        if free is not None and free < need:
+            log.warning(
+                "only %s free on the drive of %s: the journal needs about %s to keep up; until "
+                "there is room, messages wait in memory (free some space on that drive)",
+                _kb(free),
+                path.parent,
+                _kb(need),
+            )
         return cls(conn, path, retention_days, max_bytes)
 
     @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
+    def _connect(path: Path, max_bytes: int) -> sqlite3.Connection:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -293,13 +412,20 @@ class Journal:
                     f"the journal {path} was written by a newer CaptaFlow (schema {version}); "
                     "update CaptaFlow or use another --data-dir"
                 )
-            # auto_vacuum only takes effect before the first table exists.
+            # auto_vacuum only takes effect before the first table exists (else at a VACUUM).
             conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 log.warning("journal %s: WAL mode unavailable (got %s)", path, mode)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=5000")
+            # The WAL is checkpointed when it holds this many pages and cut back to this size
+            # afterwards, so it stays within its share of the bound (SQLite's default lets it
+            # reach 4 MB and keeps the file at its largest size for ever).
+            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            budget = wal_budget(max_bytes, _free(path.parent))
+            conn.execute(f"PRAGMA wal_autocheckpoint={max(16, budget // 2 // page_size)}")
+            conn.execute(f"PRAGMA journal_size_limit={budget}")
             _migrate_batches(conn)
             conn.executescript(_SCHEMA)
             if version < SCHEMA_VERSION:
@@ -307,10 +433,176 @@ class Journal:
             # A cheap read of every table catches a file that is a database only in name.
             for table in ("sessions", "messages", "batches", "moderation"):
                 conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
+            _make_incremental(conn, path)
         except BaseException:
             conn.close()
             raise
         return conn
+
+    # ------------------------------------------------------------ the write path
+
+    @property
+    def held(self) -> int:
+        """Writes a full disk keeps in memory (0 when everything is on disk)."""
+        return len(self._writes) if self._held else 0
+
+    @property
+    def held_messages(self) -> int:
+        return len(self._keys) if self._held else 0
+
+    @property
+    def problem(self) -> str | None:
+        """One line while writes wait in memory (a full disk), else None."""
+        if not self._held:
+            return None
+        free = _free(self.path.parent)
+        room = "" if free is None else f", {_kb(free)} free"
+        reason = "disk full" if "full" in self._held_error.lower() else self._held_error
+        dropped = f"; {self.dropped} dropped (too many waited)" if self.dropped else ""
+        return (
+            f"{reason}: cannot write the journal {self.path}{room}; {self.held_messages} "
+            f"message(s) and {self.held - self.held_messages} other write(s) wait in memory "
+            f"and are written by themselves when space returns{dropped}: free some space on "
+            "that drive"
+        )
+
+    def _write(self, write: _Write) -> int:
+        """Run one statement in the open transaction: its rowcount, or -1 when the disk
+        refused it (it then waits in memory with every write since the last commit)."""
+        self._writes.append(write)
+        if write.key is not None:
+            self._keys.add(write.key)
+        if self._held:
+            return -1
+        try:
+            if not self._in_tx:
+                self._conn.execute("BEGIN")
+                self._in_tx = True
+            if write.many:
+                cursor = self._conn.executemany(write.sql, write.params)
+            else:
+                cursor = self._conn.execute(write.sql, write.params)
+        except sqlite3.OperationalError as exc:
+            if _disk_problem(exc):
+                self._failed(exc)
+                return -1
+            self._drop_last(write)
+            raise JournalError(f"cannot write the journal {self.path}: {exc}") from exc
+        except BaseException:
+            # A value SQLite cannot take (OverflowError, an unencodable text): only this
+            # statement failed, the transaction goes on without it.
+            self._drop_last(write)
+            raise
+        return int(cursor.rowcount)
+
+    def _drop_last(self, write: _Write) -> None:
+        if self._writes and self._writes[-1] is write:
+            self._writes.pop()
+        if write.key is not None:
+            self._keys.discard(write.key)
+
+    def _unit(self, writes: Sequence[_Write]) -> None:
+        """Statements of one public call, then commit: all of them or (held) none yet."""
+        for n, write in enumerate(writes):
+            self._write(
+                _Write(write.sql, write.params, write.many, write.key, n == len(writes) - 1)
+            )
+        self.flush()
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        """A write or commit failed: hold everything since the last commit in memory."""
+        # After SQLITE_FULL, SQLite may already have rolled the transaction back; only roll
+        # back what is still open, and never COMMIT a transaction that is gone.
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+        self._in_tx = False
+        if not _disk_problem(exc):
+            self._writes.clear()
+            self._keys.clear()
+            raise JournalError(f"cannot write the journal {self.path}: {exc}") from exc
+        first = not self._held
+        self._held = True
+        self._held_error = str(exc)
+        self._last_retry = time.monotonic()
+        # A TRUNCATE checkpoint gives the WAL's space back to the drive if anything can.
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if first:
+            log.error("%s", self.problem)
+
+    def _replay(self) -> None:
+        """Write what a full disk held back, in order, in transactions of whole calls."""
+        while self._writes:
+            end = len(self._writes)
+            for n, write in enumerate(self._writes):
+                if write.last and n + 1 >= REPLAY_CHUNK:
+                    end = n + 1
+                    break
+            chunk = self._writes[:end]
+            try:
+                self._conn.execute("BEGIN")
+                for write in chunk:
+                    if write.many:
+                        self._conn.executemany(write.sql, write.params)
+                    else:
+                        self._conn.execute(write.sql, write.params)
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                if not _disk_problem(exc):
+                    raise JournalError(f"cannot write the journal {self.path}: {exc}") from exc
+                self._held_error = str(exc)
+                return
+            del self._writes[:end]
+            for write in chunk:
+                if write.key is not None:
+                    self._keys.discard(write.key)
+        self._held = False
+        self._keys.clear()
+        log.warning(
+            "journal %s: disk space is back, every write held in memory is on disk", self.path
+        )
+        self._after_commit(0)
+
+    def flush(self) -> None:
+        """Commit what was written since the last flush; while the disk is full, try (every
+        few seconds) to write what waits in memory. Never raises for a full disk."""
+        if self._held:
+            now = time.monotonic()
+            if now - self._last_retry >= RETRY_SECONDS:
+                self._last_retry = now
+                self._replay()
+            return
+        if not self._in_tx:
+            return
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return
+        self._in_tx = False
+        messages = len(self._keys)
+        self._writes.clear()
+        self._keys.clear()
+        self._after_commit(messages)
+
+    def _after_commit(self, messages: int) -> None:
+        self._since_upkeep += messages
+        if self._in_upkeep:
+            return
+        due = time.monotonic() - self._last_upkeep >= UPKEEP_SECONDS
+        if self._since_upkeep >= UPKEEP_MESSAGES or due:
+            self.prune(time.time())
+
+    def _committed(self, key: str) -> bool:
+        try:
+            row = self._conn.execute("SELECT 1 FROM messages WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error:
+            return False
+        return row is not None
 
     # ---------------------------------------------------------------- sessions
 
@@ -330,39 +622,44 @@ class Journal:
             "GROUP BY s.session_id ORDER BY s.started_at DESC",
             (platform, channel),
         ).fetchall()
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            resumed: str | None = None
-            for session_id, last_active in rows:
-                if resumed is None and now - last_active <= resume_within:
-                    resumed = session_id
-                else:
-                    self._conn.execute(
+        writes: list[_Write] = []
+        resumed: str | None = None
+        for session_id, last_active in rows:
+            if resumed is None and now - last_active <= resume_within:
+                resumed = session_id
+            else:
+                writes.append(
+                    _Write(
                         "UPDATE sessions SET ended_at = ? WHERE session_id = ?",
                         (last_active, session_id),
                     )
-            if resumed is None:
+                )
+        candidate = resumed
+        if candidate is None:
+            candidate = session_name(channel, now)
+            while self._conn.execute(
+                "SELECT 1 FROM sessions WHERE session_id = ?", (candidate,)
+            ).fetchone():
                 candidate = session_name(channel, now)
-                while self._conn.execute(
-                    "SELECT 1 FROM sessions WHERE session_id = ?", (candidate,)
-                ).fetchone():
-                    candidate = session_name(channel, now)
-                self._conn.execute(
-                    "INSERT INTO sessions (session_id, platform, channel, started_at) "
+            writes.append(
+                _Write(
+                    "INSERT OR IGNORE INTO sessions (session_id, platform, channel, started_at) "
                     "VALUES (?, ?, ?, ?)",
                     (candidate, platform, channel, now),
                 )
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        return (resumed, True) if resumed is not None else (candidate, False)
+            )
+        if writes:
+            self._unit(writes)
+        return candidate, resumed is not None
 
     def end_session(self, session_id: str, *, now: float) -> None:
-        self.flush()
-        self._conn.execute(
-            "UPDATE sessions SET ended_at = ? WHERE session_id = ? AND ended_at IS NULL",
-            (now, session_id),
+        self._unit(
+            [
+                _Write(
+                    "UPDATE sessions SET ended_at = ? WHERE session_id = ? AND ended_at IS NULL",
+                    (now, session_id),
+                )
+            ]
         )
 
     def sessions(self) -> list[SessionInfo]:
@@ -380,45 +677,53 @@ class Journal:
         """Journal one message; False if its key is already journaled (a duplicate).
 
         `scope` "" dedups across every session; else only within that scope (`scoped_key`).
-        Written into an open transaction that `flush()` commits."""
-        if not self._in_tx:
-            self._conn.execute("BEGIN")
-            self._in_tx = True
-        try:
-            cursor = self._conn.execute(
-                "INSERT OR IGNORE INTO messages (key, session_id, platform, channel, author, "
-                "text, sent_at, received_at, scorable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    scoped_key(scope, msg.message_id),
-                    session_id,
-                    msg.platform,
-                    msg.channel,
-                    msg.author,
-                    msg.text,
-                    msg.sent_at,
-                    msg.received_at,
-                    int(scorable),
-                ),
-            )
-        except sqlite3.OperationalError as exc:
-            raise JournalError(
-                f"cannot write the journal {self.path}: {exc}; free disk space"
-            ) from exc
-        if cursor.rowcount == 1:
-            return True
-        self._duplicates += 1
-        return False
-
-    def flush(self) -> None:
-        """Commit what `add()` wrote since the last flush."""
-        if self._in_tx:
-            try:
-                self._conn.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                raise JournalError(
-                    f"cannot write the journal {self.path}: {exc}; free disk space"
-                ) from exc
-            self._in_tx = False
+        Written into an open transaction that `flush()` commits. On a full disk the message
+        waits in memory (`problem` says so) and is still deduplicated."""
+        key = scoped_key(scope, msg.message_id)
+        seen = key in self._keys
+        if self._held:
+            if seen or self._committed(key):
+                self._duplicates += 1
+                return False
+            if len(self._keys) >= MAX_HELD_MESSAGES:
+                if not self.dropped:
+                    log.error("%s", self.problem)
+                self.dropped += 1
+                return False
+        write = _Write(
+            "INSERT OR IGNORE INTO messages (key, session_id, platform, channel, author, "
+            "text, sent_at, received_at, scorable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                session_id,
+                msg.platform,
+                msg.channel,
+                msg.author,
+                msg.text,
+                msg.sent_at,
+                msg.received_at,
+                int(scorable),
+            ),
+            key=key,
+        )
+        if seen:
+            self._duplicates += 1
+            return False
+        written = self._write(write)
+        if written == 0:
+            self._writes.pop()
+            self._keys.discard(key)
+            self._duplicates += 1
+            return False
+        if written < 0 and self._committed(key):
+            # The disk refused it, but it was journaled before: a duplicate all the same.
+            self._writes.pop()
+            self._keys.discard(key)
+            self._duplicates += 1
+            return False
+        if not self._held and len(self._writes) >= TX_MAX_WRITES:
+            self.flush()
+        return True
 
     def session_of(self, key: str) -> str | None:
         """The session a journaled key belongs to (None: not journaled)."""
@@ -474,23 +779,21 @@ class Journal:
 
     def assign(self, session_id: str, batch_id: str, seq: int, keys: Sequence[str]) -> None:
         """In one transaction: the batch row ('assigned') and its messages' batch_id."""
-        self.flush()
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._conn.execute(
-                "INSERT OR IGNORE INTO batches (batch_id, session_id, seq, state, created_at) "
-                "VALUES (?, ?, ?, 'assigned', ?)",
-                (batch_id, session_id, seq, time.time()),
-            )
-            self._conn.executemany(
-                "UPDATE messages SET batch_id = ? "
-                "WHERE key = ? AND session_id = ? AND batch_id IS NULL",
-                [(batch_id, key, session_id) for key in keys],
-            )
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
+        self._unit(
+            [
+                _Write(
+                    "INSERT OR IGNORE INTO batches (batch_id, session_id, seq, state, "
+                    "created_at) VALUES (?, ?, ?, 'assigned', ?)",
+                    (batch_id, session_id, seq, time.time()),
+                ),
+                _Write(
+                    "UPDATE messages SET batch_id = ? "
+                    "WHERE key = ? AND session_id = ? AND batch_id IS NULL",
+                    [(batch_id, key, session_id) for key in keys],
+                    many=True,
+                ),
+            ]
+        )
 
     def pending_batches(self, session_id: str) -> list[PendingBatch]:
         """Batches assigned but not confirmed written, by sequence number, with their keys."""
@@ -513,17 +816,19 @@ class Journal:
 
     def confirm(self, batch_ids: Iterable[str]) -> None:
         """Mark batches 'written': their reading is in the spool."""
-        self.flush()
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._conn.executemany(
-                "UPDATE batches SET state = 'written' WHERE batch_id = ?",
-                [(batch_id,) for batch_id in batch_ids],
-            )
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
+        params = [(batch_id,) for batch_id in batch_ids]
+        if not params:
+            return
+        self._unit(
+            [
+                _Write(
+                    "UPDATE batches SET state = 'written' "
+                    "WHERE batch_id = ? AND state = 'assigned'",
+                    params,
+                    many=True,
+                )
+            ]
+        )
 
     def set_aside(
         self,
@@ -542,24 +847,22 @@ class Journal:
         `session_id` and `seq` are given. `reason` is kept to one line of 500 characters."""
         text = " ".join(str(reason).split())[:500] or "no reason given"
         at = time.time() if now is None else now
-        self.flush()
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            cursor = self._conn.execute(
+        writes = [
+            _Write(
                 "UPDATE batches SET state = 'set_aside', reason = ?, set_aside_at = ? "
                 "WHERE batch_id = ?",
                 (text, at, batch_id),
             )
-            if cursor.rowcount == 0 and session_id is not None and seq is not None:
-                self._conn.execute(
-                    "INSERT INTO batches (batch_id, session_id, seq, state, created_at, reason, "
-                    "set_aside_at) VALUES (?, ?, ?, 'set_aside', ?, ?, ?)",
+        ]
+        if session_id is not None and seq is not None:
+            writes.append(
+                _Write(
+                    "INSERT OR IGNORE INTO batches (batch_id, session_id, seq, state, "
+                    "created_at, reason, set_aside_at) VALUES (?, ?, ?, 'set_aside', ?, ?, ?)",
                     (batch_id, session_id, seq, at, text, at),
                 )
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
+            )
+        self._unit(writes)
         log.warning("set aside batch %s: %s", batch_id, text)
 
     def set_aside_batches(self, session_id: str | None = None) -> list[SetAsideBatch]:
@@ -586,15 +889,15 @@ class Journal:
 
     def record_moderation(self, event: Any) -> None:
         """Record a CLEARMSG/CLEARCHAT-like event (agent.sources.irc.ModerationEvent): kind,
-        platform, channel, target message id or target user, time, duration."""
+        platform, channel, target message id or target user, time, duration. Committed with
+        the next flush, like messages."""
         kind, platform, channel, target_key, target_user, at, duration = _moderation_fields(event)
-        if not self._in_tx:
-            self._conn.execute("BEGIN")
-            self._in_tx = True
-        self._conn.execute(
-            "INSERT INTO moderation (platform, channel, kind, target_key, target_user, at, "
-            "duration) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (platform, channel, kind, target_key, target_user, at, duration),
+        self._write(
+            _Write(
+                "INSERT INTO moderation (platform, channel, kind, target_key, target_user, at, "
+                "duration) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (platform, channel, kind, target_key, target_user, at, duration),
+            )
         )
 
     def moderation_events(self, platform: str, channel: str) -> list[ModerationEvent]:
@@ -647,49 +950,82 @@ class Journal:
         page_size = self._conn.execute("PRAGMA page_size").fetchone()[0]
         return int((page_count - free) * page_size)
 
+    @property
+    def data_target(self) -> int:
+        """Bytes of live data the journal keeps: its bound less room for the WAL and the
+        free pages between two vacuums."""
+        return max(self.max_bytes // 2, self.max_bytes - 2 * wal_budget(self.max_bytes))
+
     def prune(self, now: float) -> int:
-        """Delete old messages: older than `retention_days`, then the oldest until the data
-        fits in `max_bytes`. Only messages whose batch is 'written' are ever pruned: an
-        unassigned message or one of a pending batch is still owed a reading. Returns the
-        number of messages deleted."""
+        """Keep the journal within `max_bytes` (database and WAL together).
+
+        Deletes messages older than `retention_days`, then the oldest until the live data is
+        back under `data_target` (with some slack, so pruning is not run for every message);
+        then gives the freed pages back to the drive (incremental vacuum) and cuts the WAL back
+        (TRUNCATE checkpoint). Only messages no reading is owed for are pruned: those of a
+        written or set-aside batch, and those never to be scored (bots, commands). Returns the
+        number of messages deleted. Does nothing while a full disk holds writes in memory."""
         self.flush()
+        if self._held or self._in_upkeep:
+            return 0
+        self._in_upkeep = True
+        try:
+            return self._prune(now)
+        except sqlite3.Error as exc:
+            if self._conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+            if not _disk_problem(exc):
+                raise JournalError(f"cannot prune the journal {self.path}: {exc}") from exc
+            log.debug("journal %s: upkeep skipped (%s)", self.path, exc)
+            return 0
+        finally:
+            self._in_upkeep = False
+            self._since_upkeep = 0
+            self._last_upkeep = time.monotonic()
+
+    def _prune(self, now: float) -> int:
         prunable = (
-            "SELECT m.rowid FROM messages m JOIN batches b ON b.batch_id = m.batch_id "
-            "WHERE b.state IN ('written', 'set_aside')"
+            "SELECT m.rowid FROM messages m LEFT JOIN batches b ON b.batch_id = m.batch_id "
+            "WHERE (b.state IN ('written', 'set_aside') OR (m.scorable = 0 AND m.batch_id IS NULL))"
         )
         deleted = 0
+        cutoff = now - self.retention_days * 86400
         self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            cutoff = now - self.retention_days * 86400
-            cursor = self._conn.execute(
-                f"DELETE FROM messages WHERE rowid IN ({prunable} AND m.received_at < ?)",
-                (cutoff,),
-            )
-            deleted += cursor.rowcount
-            self._conn.execute("DELETE FROM moderation WHERE at < ?", (cutoff,))
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        # Size: delete the oldest prunable rows in chunks sized from the mean row size.
-        while self._db_bytes() > self.max_bytes:
-            rows = self._conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
-            if rows == 0:
-                break
-            excess = self._db_bytes() - self.max_bytes
-            chunk = max(100, int(excess / max(1, self._db_bytes() / rows)) + 1)
-            cursor = self._conn.execute(
-                f"DELETE FROM messages WHERE rowid IN ({prunable} ORDER BY m.rowid LIMIT ?)",
-                (chunk,),
-            )
-            if cursor.rowcount <= 0:
-                log.warning(
-                    "journal %s is over its size bound but holds only messages still owed a "
-                    "reading; nothing pruned",
-                    self.path,
+        cursor = self._conn.execute(
+            f"DELETE FROM messages WHERE rowid IN ({prunable} AND m.received_at < ?)",
+            (cutoff,),
+        )
+        deleted += cursor.rowcount
+        self._conn.execute("DELETE FROM moderation WHERE at < ?", (cutoff,))
+        self._conn.execute("COMMIT")
+        target = self.data_target
+        if self._db_bytes() > target:
+            # Down to 80% of the target, in chunks sized from the mean row size.
+            low = int(target * 0.8)
+            while self._db_bytes() > low:
+                rows = self._conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+                if rows == 0:
+                    break
+                used = self._db_bytes()
+                chunk = max(100, int((used - low) / max(1, used / rows)) + 1)
+                self._conn.execute("BEGIN IMMEDIATE")
+                cursor = self._conn.execute(
+                    f"DELETE FROM messages WHERE rowid IN ({prunable} ORDER BY m.rowid LIMIT ?)",
+                    (chunk,),
                 )
-                break
-            deleted += cursor.rowcount
+                self._conn.execute("COMMIT")
+                if cursor.rowcount <= 0:
+                    if not self._warned_bound:
+                        log.warning(
+                            "journal %s is over its size bound but holds only messages still "
+                            "owed a reading; nothing pruned",
+                            self.path,
+                        )
+                    self._warned_bound = True
+                    break
+                self._warned_bound = False
+                deleted += cursor.rowcount
         if deleted:
             # Batches whose messages are all gone are no longer needed for anything.
             self._conn.execute(
@@ -697,12 +1033,21 @@ class Journal:
                 "(SELECT 1 FROM messages m WHERE m.batch_id = batches.batch_id)"
             )
             self._conn.execute("PRAGMA incremental_vacuum")
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return deleted
 
     def close(self) -> None:
         try:
+            self._last_retry = 0.0  # one last try for anything a full disk held back
             self.flush()
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if self._held:
+                log.error(
+                    "%s; they are lost at this stop, the messages not yet in a reading are "
+                    "windowed again only if they reached the journal",
+                    self.problem,
+                )
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self._conn.close()
 
@@ -711,6 +1056,23 @@ class Journal:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _make_incremental(conn: sqlite3.Connection, path: Path) -> None:
+    """A journal made before incremental auto-vacuum needs one VACUUM to switch to it;
+    without it, pruned pages stay in the file for ever."""
+    if int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2:
+        return
+    try:
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.execute("VACUUM")
+    except sqlite3.OperationalError as exc:
+        # VACUUM needs room for a copy of the database; the next start tries again.
+        log.warning(
+            "journal %s could not be compacted now (%s); tried again at the next start", path, exc
+        )
+        return
+    log.info("journal %s compacted once to reclaim pruned space from now on", path)
 
 
 def _migrate_batches(conn: sqlite3.Connection) -> None:

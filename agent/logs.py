@@ -110,6 +110,17 @@ class SecretMaskingFilter(logging.Filter):
 _installed: list[logging.Handler] = []
 
 
+class _LogFile(logging.handlers.RotatingFileHandler):
+    """The log file. On a full disk every line would fail to be written, and logging's default
+    is to print a traceback for each; the console (and the status) still say what is wrong,
+    so a line that cannot reach the file is dropped quietly."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handleError(record)
+
+
 def setup_logging(
     target: LogTarget | Path | None,
     level: str | None = None,
@@ -149,7 +160,7 @@ def setup_logging(
         try:
             log_dir.mkdir(parents=True, exist_ok=True)
             log_file = log_dir / LOG_FILE_NAME
-            file_handler: logging.Handler = logging.handlers.RotatingFileHandler(
+            file_handler: logging.Handler = _LogFile(
                 log_file,
                 maxBytes=max_bytes,
                 backupCount=backup_count,

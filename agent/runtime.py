@@ -472,6 +472,9 @@ class Agent:
         source = current.source
         trouble = (
             pipeline.write_problem
+            # A full disk: what waits in memory, said live until it is written (store).
+            or pipeline.spool.problem
+            or (pipeline.journal.problem if pipeline.journal is not None else None)
             or self._disk_problem
             or (source.detail if source.state is SourceState.FAILED else None)
             or source.problem  # the link works but needs the streamer (agent.sources.link)

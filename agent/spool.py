@@ -300,12 +300,19 @@ class Spool:
         """Write one reading (after any pending ones) as a row of its stream's open part.
 
         Raises ValueError for a reading that cannot be a CSV row as is (a bug upstream) and
-        SpoolError when the disk is full; then the reading waits in `pending`.
+        SpoolError when the disk fills up; then the reading waits in `pending`, as do the
+        readings appended while it stays full (without raising again).
         """
         validate_reading(reading)  # before it can join the pending queue
         with self._lock:
+            already_full = bool(self._pending)
             self._pending.append(reading)
-            self.retry_pending()
+            try:
+                self.retry_pending()
+            except SpoolError:
+                # Said once when the disk fills; `problem` keeps saying it meanwhile.
+                if not already_full:
+                    raise
 
     def retry_pending(self) -> None:
         """Write the readings a full disk held back, oldest first (SpoolError if still full)."""
@@ -405,6 +412,11 @@ class Spool:
         limit, and any part a full disk kept from being sealed."""
         with self._lock:
             sealed: list[Path] = []
+            try:
+                # Space may have come back: write what waits without waiting for a reading.
+                self.retry_pending()
+            except SpoolError as exc:
+                log.debug("%s", exc)
             try:
                 sealed.extend(self._retry_unsealed())
             except SpoolError as exc:

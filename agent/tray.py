@@ -824,9 +824,10 @@ def run_tray(
     """
     from agent.config import load_settings, setup_problem, write_default_config
     from agent.logs import setup_logging
-    from agent.single_instance import acquire_or_explain
+    from agent.single_instance import acquire_or_explain, agent_folders
 
-    lock, message = acquire_or_explain(settings.paths.lock_file)
+    # The spool and journal folders too: one owner each, even when spool.dir is elsewhere.
+    lock, message = acquire_or_explain(settings.paths.lock_file, also=agent_folders(settings))
     if lock is None:
         print(message, file=sys.stderr)
         return 0
