@@ -250,10 +250,7 @@ def _print_summary(
 
 
 def test_model_banner(label: str) -> str:
-    return (
-        f"⚠ TEST MODEL: {label}. These readings come from random weights, not the emotion "
-        f"model: they mean nothing about the chat."
-    )
+    return f"⚠ TEST MODEL: {label}. Random weights: these emotions mean nothing about the chat."
 
 
 def _console(stream: TextIO, *, width: int, colour: bool) -> Console:
@@ -307,12 +304,11 @@ class ConsolePreviews:
 
     # -- printing -------------------------------------------------------------------------
 
-    def _out(self, thing: Any, style: str = "") -> None:
+    def _out(self, thing: Any, style: str = "", wrap: bool = False) -> None:
+        """Print one preview; `wrap` folds it at word boundaries instead of the terminal's edge."""
         try:
-            if self._progress is not None:
-                self._progress.console.print(thing, style=style or None)
-            else:
-                self.console.print(thing, style=style or None)
+            console = self._progress.console if self._progress is not None else self.console
+            console.print(thing, style=style or None, soft_wrap=not wrap)
             self.stream.flush()
         except (UnicodeEncodeError, ValueError):
             # A legacy Windows console code page cannot show every character; never let a
@@ -326,7 +322,9 @@ class ConsolePreviews:
             return
         self._banner_shown = True
         if self.test_model:
-            self._out(Text(test_model_banner(self.test_model)), style="bold black on yellow")
+            self._out(
+                Text(test_model_banner(self.test_model)), style="bold black on yellow", wrap=True
+            )
 
     def _bar(self) -> None:
         if not self._show_bar or self._progress is not None:

@@ -49,6 +49,20 @@ def checked_model(model: Path) -> Path:
     return bundle.path
 
 
+def release_asset(model: Path, dist: Path) -> tuple[Path, str]:
+    """The bundle as the release publishes it for slim builds: tar.gz plus its .sha256."""
+    import hashlib
+
+    from agent.model_download import make_bundle_archive
+
+    archive = make_bundle_archive(model, dist / "captaflow-model.tar.gz")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    archive.with_name(archive.name + ".sha256").write_text(
+        f"{digest}  {archive.name}\n", encoding="utf-8"
+    )
+    return archive, digest
+
+
 def build(
     *, onefile: bool, dist: Path, work: Path, clean: bool = False, model: Path | None = None
 ) -> Path:
@@ -110,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"build.py: --model: {error}", file=sys.stderr)
         return 2
+    if args.model is not None:
+        asset, digest = release_asset(args.model, args.dist)
+        print(f"model release asset: {asset} (sha256 {digest})", file=sys.stderr)
     seconds = time.monotonic() - started
     size = tree_size(exe if args.onefile else exe.parent)
     packed = f"; model {args.model} packed in" if args.model else "; slim (no model packed)"

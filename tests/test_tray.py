@@ -752,3 +752,99 @@ def test_a_signal_stops_the_tray_cleanly_and_seals(
     settings = load_settings(config, {"data_dir": data})
     assert sealed_parts(settings), f"{how} must seal the part"
     assert not list((settings.spool.dir / "open").glob("*.open"))
+
+
+# --- backend choice, the status page, the first-run download (no display) ---------------------
+
+
+def test_the_backend_is_chosen_before_pystray_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent import tray
+
+    env: dict[str, str] = {"PYSTRAY_BACKEND": "xorg"}
+    if sys.platform.startswith("linux"):
+        assert tray.choose_backend(env) == "xorg"  # the user's choice wins
+        monkeypatch.setattr(tray, "_linux_backend", lambda: "gtk")
+        env = {}
+        assert tray.choose_backend(env) == "gtk" and env["PYSTRAY_BACKEND"] == "gtk"
+    else:
+        assert tray.choose_backend(env) == sys.platform
+
+
+def test_without_a_display_or_gtk_the_fallback_is_xorg(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent import tray
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("Linux only")
+    monkeypatch.setitem(sys.modules, "gi", None)  # PyGObject not installed
+    assert tray._linux_backend() == "xorg"
+
+
+def test_the_status_page_falls_back_to_the_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from agent import tray
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    assert not tray.status_page_up(f"http://127.0.0.1:{free}/")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert tray.status_page_up(f"http://127.0.0.1:{server.getsockname()[1]}/")
+    opened: list[str] = []
+    monkeypatch.setattr(tray, "status_page_up", lambda *a, **k: False)
+    tray.open_status_page(lambda: opened.append("report"))
+    assert opened == ["report"]
+
+
+def test_the_first_run_download_shows_progress_then_the_model(tmp_path: Path) -> None:
+    from agent.errors import ModelBundleError
+    from agent.model_download import Progress
+
+    installed: list[bool] = [False]
+    seen: list[list[str]] = []
+    go_on = threading.Event()
+
+    def fetch(progress: object) -> None:
+        progress(Progress(0, 2_000_000))  # type: ignore[operator]
+        progress(Progress(1_000_000, 2_000_000))  # type: ignore[operator]
+        seen.append(info_lines(app.entries()))
+        go_on.wait(10)
+        installed[0] = True
+
+    app = TrayApp(
+        lambda: None,  # type: ignore[arg-type, return-value]
+        open_report=lambda: None,
+        open_data_folder=lambda: None,
+        open_settings=lambda: None,
+        has_model=lambda: installed[0],
+        download_model=fetch,
+    )
+    assert by_action(app.entries())[Action.DOWNLOAD_MODEL].enabled
+    worker = app.download()
+    assert worker is not None and app.download() is None  # one download at a time
+    go_on.set()
+    worker.join(10)
+    assert seen[0][0] == "Downloading the model… 50 % of 2 MB"
+    assert Action.DOWNLOAD_MODEL not in by_action(app.entries())
+    assert by_action(app.entries())[Action.START].enabled
+
+    def offline(progress: object) -> None:
+        raise ModelBundleError("cannot download the model from example: this machine seems offline")
+
+    installed[0] = False
+    failing = TrayApp(
+        lambda: None,  # type: ignore[arg-type, return-value]
+        open_report=lambda: None,
+        open_data_folder=lambda: None,
+        open_settings=lambda: None,
+        has_model=lambda: False,
+        download_model=offline,
+    )
+    thread = failing.download()
+    assert thread is not None
+    thread.join(10)
+    lines = info_lines(failing.entries())
+    assert lines[-1].startswith("⚠ cannot download the model") and "offline" in lines[-1]
+    assert by_action(failing.entries())[Action.DOWNLOAD_MODEL].enabled  # try again
