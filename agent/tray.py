@@ -774,15 +774,31 @@ def status_page_up(url: str = STATUS_PAGE_URL, timeout: float = 0.3) -> bool:
         return False
 
 
-def open_status_page(open_report: Callable[[], object]) -> None:
-    """The status page when the app serves it, else the latest report."""
-    if status_page_up():
+def open_status_page(open_report: Callable[[], object], url: str = STATUS_PAGE_URL) -> None:
+    """The status page (agent/webui.py, served while the agent runs), else the latest report."""
+    if status_page_up(url):
         import webbrowser
 
-        if webbrowser.open(STATUS_PAGE_URL):
+        if webbrowser.open(url):
             return
-        raise CaptaFlowError(f"no browser opened; open {STATUS_PAGE_URL} yourself")
+        shown = url.split("#", 1)[0]
+        raise CaptaFlowError(f"no browser opened; open {shown} yourself")
     open_report()
+
+
+def dashboard_for(settings: Settings) -> str | None:
+    """The web UI's dashboard address for these settings (with the install's token after
+    '#'), or None when the web UI is off (ui.port = 0)."""
+    ui = getattr(settings, "ui", None)
+    port = getattr(ui, "port", None)
+    if not port:
+        return None
+    try:
+        from agent.webui import dashboard_url, ui_token
+
+        return dashboard_url(int(port), ui_token(settings.paths.data_dir))
+    except (ImportError, OSError):
+        return f"http://127.0.0.1:{port}/"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -853,9 +869,18 @@ def run_tray(
             except CaptaFlowError as error:
                 return str(error)
 
+        report_opener = open_report or (lambda: open_latest_report(current["settings"]))
+
+        def open_status() -> None:
+            url = dashboard_for(current["settings"])
+            if url is None:
+                report_opener()
+            else:
+                open_status_page(report_opener, url)
+
         app = TrayApp(
             agent_factory or default_factory,
-            open_report=open_report or (lambda: open_latest_report(current["settings"])),
+            open_report=report_opener,
             open_data_folder=lambda: open_with_default_app(
                 _made(current["settings"].paths.data_dir)
             ),
@@ -865,6 +890,7 @@ def run_tray(
             has_model=lambda: model_present(current["settings"].model.dir),
             setup_problem=problem,
             test_model=lambda: bundle_test_label(current["settings"].model.dir),
+            open_status=open_status,
             download_model=lambda progress: _download_model(fresh_settings(), progress),
         )
         log.info("tray starting; settings %s", current["settings"].redacted())
