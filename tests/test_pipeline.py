@@ -84,7 +84,8 @@ class Run:
 
 
 def readings(folder: Path) -> list[Reading]:
-    return list(iter_readings(folder / "spool"))
+    """In chat order (parts of several sessions come in the order of their random names)."""
+    return sorted(iter_readings(folder / "spool"), key=lambda r: (r.window_start, r.seq))
 
 
 def test_each_reading_reaches_the_listeners_and_a_failing_listener_is_only_logged(
