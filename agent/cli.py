@@ -810,7 +810,10 @@ def cmd_markers(inv: Invocation) -> int:
         out.write_text(text, encoding="utf-8", newline="")
         print(out)
     else:
-        sys.stdout.write(text)
+        # Bytes as they are: an EDL's CR LF must not become CR CR LF on Windows.
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text.encode("utf-8"))
+        sys.stdout.buffer.flush()
     return 0
 
 

@@ -197,7 +197,7 @@ def menu_model(
     entries.extend(MenuEntry(line, enabled=False) for line in info)
     entries += [
         SEPARATOR,
-        MenuEntry("Open status page", Action.OPEN_STATUS, default=True),
+        MenuEntry("Open dashboard", Action.OPEN_STATUS, default=True),
         MenuEntry("Open report", Action.OPEN_REPORT),
         MenuEntry("Open data folder", Action.OPEN_DATA_FOLDER),
         MenuEntry("Settings", Action.OPEN_SETTINGS),

@@ -210,3 +210,21 @@ def test_a_short_stream_has_no_baseline_and_no_moments(minutes: float) -> None:
     rows = readings(minutes=minutes, spikes=[("joy", 10.0, 20.0, 0.5)])
     _, events = live_run(rows)
     assert events == []
+
+
+def test_the_html_report_shows_the_live_moments(tmp_path: Path) -> None:
+    from agent.report import build_report
+    from tests.test_report import chart_json
+
+    rows = readings(minutes=60, spikes=SPIKES, bursts=BURSTS, seed=5)
+    live, _ = live_run(rows)
+    write_spool(tmp_path / "spool", rows)
+    page = build_report(tmp_path / "spool", out=tmp_path / "r.html").read_text()
+    drawn = chart_json(page)["moments"]
+    expected = detect_moments(load_readings(tmp_path / "spool"))  # the report's ranking
+    assert [(d["kind"], d["x"]) for d in drawn] == [
+        (m.kind, round(m.start_offset, 1)) for m in expected
+    ]
+    assert sorted((d["kind"], d["x"]) for d in drawn) == sorted(
+        (m.kind, round(m.start_offset, 1)) for m in live.moments()
+    )

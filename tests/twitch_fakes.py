@@ -49,6 +49,7 @@ class FakeTwitch:
     scopes: list[str] = field(default_factory=lambda: ["channel:manage:broadcast", "chat:read"])
     live: bool = True
     pending_polls: int = 2  # answers of authorization_pending before the token
+    interval: int = 5  # the polling interval Twitch asks for
     rate_limit: int = 800  # points a minute (Twitch's default bucket)
     seen: list[Seen] = field(default_factory=list)
     markers: list[dict[str, Any]] = field(default_factory=list)
@@ -184,7 +185,7 @@ class FakeTwitch:
                     {
                         "device_code": DEVICE_CODE,
                         "expires_in": 1800,
-                        "interval": 5,
+                        "interval": fake.interval,
                         "user_code": USER_CODE,
                         "verification_uri": (
                             f"https://www.twitch.tv/activate?public=true&device-code={USER_CODE}"
