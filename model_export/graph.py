@@ -79,6 +79,7 @@ class EncoderConfig:
     pad_token_id: int
     hidden_act: str
     id2label: Mapping[int, str]
+    position_embedding_type: str = "absolute"
 
     @property
     def num_labels(self) -> int:
@@ -116,6 +117,7 @@ def read_config(directory: Path) -> EncoderConfig:
             pad_token_id=int(raw.get("pad_token_id", 1)),
             hidden_act=str(raw.get("hidden_act", "gelu")),
             id2label=dict(sorted(id2label.items())),
+            position_embedding_type=str(raw.get("position_embedding_type") or "absolute"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ExportError(
@@ -137,6 +139,11 @@ def check_buildable(config: EncoderConfig, source: str) -> None:
         raise ExportError(
             f"model {source!r} uses activation {config.hidden_act!r}; the light export "
             f"writes exact GELU only: pass --via optimum"
+        )
+    if config.position_embedding_type != "absolute":
+        raise ExportError(
+            f"model {source!r} uses {config.position_embedding_type!r} position embeddings; "
+            f"the light export writes absolute ones only: pass --via optimum"
         )
     if config.hidden_size % config.num_attention_heads:
         raise ExportError(

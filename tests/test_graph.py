@@ -9,6 +9,7 @@ rest, and the no-PyTorch export itself, run on the export extra alone.
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import json
 import os
@@ -268,8 +269,14 @@ def test_a_pytorch_bin_checkpoint_builds_the_same_graph(
     only_bin.mkdir()
     for name in ("config.json", "tokenizer.json"):
         shutil.copy(source / name, only_bin / name)
+    # What save_pretrained used to write: model.state_dict(), an OrderedDict with _metadata,
+    # plus the position_ids buffer older transformers kept (int64, ignored by the graph).
+    state: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
     with safe_open(str(source / "model.safetensors"), framework="pt") as handle:
-        state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        for name in handle.keys():  # noqa: SIM118
+            state[name] = handle.get_tensor(name)
+    state["roberta.embeddings.position_ids"] = torch.arange(130).expand((1, -1))
+    state._metadata = collections.OrderedDict({"": {"version": 1}})  # type: ignore[attr-defined]
     # A transposed view, as some checkpoints hold: the reader must honour strides.
     state["classifier.dense.weight"] = state["classifier.dense.weight"].t().contiguous().t()
     torch.save(state, only_bin / "pytorch_model.bin")
@@ -443,6 +450,7 @@ def test_missing_or_misshapen_tensors_are_named(tmp_path: Path) -> None:
         ({"model_type": "bert"}, "RoBERTa-family graphs only: pass --via optimum"),
         ({"hidden_act": "gelu_new"}, "exact GELU only: pass --via optimum"),
         ({"num_attention_heads": 3}, "not a multiple"),
+        ({"position_embedding_type": "relative_key"}, "absolute ones only"),
     ],
 )
 def test_unsupported_configs_say_use_optimum(
