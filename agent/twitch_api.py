@@ -436,8 +436,9 @@ class MarkerPoster:
         self._sender = sender
         self._clock = clock
         self._limiter = limiter or RateLimiter()
-        self._queue: queue.Queue[str | None] = queue.Queue(maxsize=16)
+        self._queue: queue.Queue[tuple[str, str | None] | None] = queue.Queue(maxsize=16)
         self._user_id: str | None = None
+        self.login: str | None = None  # the token's account: markers go to its stream only
         self._stopped = False
         self.state = "on: waiting for the first moment"
         self.created = 0
@@ -445,13 +446,16 @@ class MarkerPoster:
         self._thread = threading.Thread(target=self._run, name="twitch-markers", daemon=True)
         self._thread.start()
 
-    def submit(self, description: str) -> bool:
-        """Queue a marker now (True) or drop it for the rate limit or a stop (False)."""
+    def submit(self, description: str, channel: str | None = None) -> bool:
+        """Queue a marker now (True) or drop it (False): over the rate limit, stopped, or for
+        a `channel` that is not the logged-in account's own (a marker goes to its stream)."""
+        if channel is not None and self.login is not None and channel.lower() != self.login:
+            return False
         if self._stopped or not self._limiter.allow(self._clock()):
             self.dropped += 1
             return False
         try:
-            self._queue.put_nowait(description)
+            self._queue.put_nowait((description, channel))
         except queue.Full:
             self.dropped += 1
             return False
@@ -471,15 +475,15 @@ class MarkerPoster:
 
     def _run(self) -> None:
         while True:
-            description = self._queue.get()
+            item = self._queue.get()
             try:
-                if description is None:
+                if item is None:
                     return
-                self._post(description)
+                self._post(*item)
             finally:
                 self._queue.task_done()
 
-    def _post(self, description: str) -> None:
+    def _post(self, description: str, channel: str | None = None) -> None:
         s = self._settings
         try:
             if self._user_id is None:
@@ -491,6 +495,10 @@ class MarkerPoster:
                         403,
                     )
                 self._user_id = info.user_id
+                self.login = info.login.lower()
+            if channel is not None and channel.lower() != self.login:
+                self.state = f"on: markers go to #{self.login} only, not #{channel}"
+                return
             request = marker_request(s.api_url, s.client_id, s.token, self._user_id, description)
             answer = self._sender(request)
             marker = read_marker(answer.status, answer.data, answer.headers, self._clock())

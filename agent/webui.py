@@ -309,6 +309,7 @@ class LiveHub:
         self.moments = LiveMoments(displayed=displayed)
         self.markers = markers  # agent.twitch_api.MarkerPoster or None
         self.push = push
+        self.markers_note = "off"  # why markers are off, when they are
         self._sessions: set[str] = set()
 
     def on_reading(self, reading: Reading) -> None:
@@ -323,10 +324,11 @@ class LiveHub:
             self._forward("moment", event)
             if event.kind is MomentEventKind.STARTED:
                 log.info("moment at %s: %s", event.moment.vod_time, describe(event.moment))
-                if self.markers is not None:
+                if self.markers is not None and event.moment.platform in ("twitch", ""):
                     from agent.markers import twitch_description
 
-                    self.markers.submit(twitch_description(event.moment))
+                    channel = event.moment.channel or None
+                    self.markers.submit(twitch_description(event.moment), channel)
 
     def on_status(self, status: AgentStatus) -> None:
         if str(status.state) in ("stopped", "stopping") and self._sessions:
@@ -336,7 +338,7 @@ class LiveHub:
         self._forward("status", status)
 
     def markers_state(self) -> str:
-        return "off" if self.markers is None else str(self.markers.state)
+        return self.markers_note if self.markers is None else str(self.markers.state)
 
     def _forward(self, kind: str, payload: Any) -> None:
         if self.push is not None:
@@ -619,6 +621,9 @@ class WebUI:
         if action not in ACTIONS:
             return {"type": "error", "action": action, "error": f"actions: {', '.join(ACTIONS)}"}
         detail = await asyncio.to_thread(self._act, str(action))
+        if action.startswith("markers") and self.hub is not None:
+            self.state.markers = self.hub.markers_state()
+            self._broadcast({"type": "status", "status": self.state.status_payload()})
         return {"type": "control", "action": action, "ok": True, "detail": detail}
 
     def _act(self, action: str) -> str:
@@ -740,9 +745,13 @@ def attach(agent: AgentLike, settings: Any) -> LiveServices:
             if hub.markers is not None:
                 hub.markers.stop()
             hub.markers = None
-            return "off"
-        if hub.markers is None:
+            hub.markers_note = "off"
+        elif hub.markers is None:
             hub.markers = open_markers(settings, force=True)
+            if hub.markers is None:
+                hub.markers_note = (
+                    "off: set twitch.client_id and run `captaflow login twitch` first"
+                )
         return hub.markers_state()
 
     with _SERVERS_LOCK:

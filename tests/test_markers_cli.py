@@ -17,7 +17,7 @@ from agent.twitch_api import MarkerPoster, MarkerSettings, RateLimiter, login_tw
 from agent.webui import LiveHub, wait_for
 from tests.test_live_moments import BURSTS, SPIKES, readings, write_spool
 from tests.test_markers import parse_edl
-from tests.twitch_fakes import CLIENT_ID, TOKEN, USER_ID, FakeTwitch
+from tests.twitch_fakes import CLIENT_ID, LOGIN, TOKEN, USER_ID, FakeTwitch
 
 
 def captaflow(tmp_path: Path, *args: str, config: str = "") -> subprocess.CompletedProcess[str]:
@@ -110,7 +110,7 @@ def test_live_moments_become_twitch_stream_markers() -> None:
             ("anger", 1205.0, 30.0, 0.4),
             ("surprise", 2400.0, 20.0, 0.3),
         ]
-        for reading in readings(minutes=50, spikes=spikes):
+        for reading in readings(minutes=50, spikes=spikes, channel=LOGIN):
             clock[0] = reading.window_end
             hub.on_reading(reading)
         poster.join_idle()
@@ -128,3 +128,19 @@ def test_live_moments_become_twitch_stream_markers() -> None:
         h["authorization"] == f"Bearer {TOKEN}" and h["client-id"] == CLIENT_ID for h in headers
     )
     assert poster.dropped == 1
+
+
+def test_no_marker_for_someone_elses_channel() -> None:
+    with FakeTwitch() as twitch:
+        poster = MarkerPoster(
+            MarkerSettings(CLIENT_ID, TOKEN, f"{twitch.url}/helix", f"{twitch.url}/oauth2"),
+            limiter=RateLimiter(min_gap_seconds=0),
+        )
+        hub = LiveHub(displayed=("joy", "surprise"), markers=poster)
+        spikes = [("joy", 1200.0, 30.0, 0.4), ("surprise", 2400.0, 20.0, 0.3)]
+        for reading in readings(minutes=50, spikes=spikes, channel="someone_else"):
+            hub.on_reading(reading)
+        poster.join_idle()
+        poster.stop()
+    assert not [s for s in twitch.seen if s.path == "/helix/streams/markers"]
+    assert poster.state == f"on: markers go to #{LOGIN} only, not #someone_else"

@@ -299,3 +299,42 @@ def test_a_taken_port_is_an_oserror() -> None:
         web = WebUI(None, port=taken.getsockname()[1], token=TOKEN)
         with pytest.raises(OSError):
             web.start()
+
+
+def test_attach_serves_one_ui_per_port_that_follows_the_newest_agent(tmp_path: Path) -> None:
+    from agent.config import load_settings
+    from agent.webui import attach
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = load_settings(
+        tmp_path / "config.toml", {"data_dir": str(tmp_path / "data"), "ui.port": port}
+    )
+    first, second = FakeAgent(), FakeAgent()
+    live = attach(first, settings)
+    try:
+        assert live.web is not None and live.web.port == port
+        token = (tmp_path / "data" / "ui_token").read_text().strip()
+        assert live.dashboard == f"http://127.0.0.1:{port}/#token={token}"
+        again = attach(second, settings)  # the tray's next Start: a fresh agent
+        assert again.web is live.web and live.web.agent is second
+        assert first.on_reading and second.on_reading
+
+        with connect(f"ws://127.0.0.1:{port}/live") as ws:
+            ws.recv(5)
+            ws.send(json.dumps({"type": "control", "action": "markers_on", "token": token}))
+            reply = json.loads(ws.recv(5))
+            while reply["type"] != "control":
+                reply = json.loads(ws.recv(5))
+            assert reply["detail"].startswith("off: set twitch.client_id")
+            ws.send(json.dumps({"type": "control", "action": "start", "token": token}))
+            reply = json.loads(ws.recv(5))
+            while reply["type"] != "control":
+                reply = json.loads(ws.recv(5))
+        assert second.calls == ["start"] and first.calls == []
+    finally:
+        live.close()
+    assert not live.web.alive
+    off = attach(FakeAgent(), load_settings(tmp_path / "config.toml", {"ui.port": 0}))
+    assert off.web is None and off.dashboard is None

@@ -168,6 +168,10 @@ def test_dashboard_and_overlay_live_during_a_replay(tiny_bundle: Path, tmp_path:
         later = int(dashboard.eval("+document.getElementById('reading-count').dataset.count"))
         assert later > first
         shots["dashboard-moment"] = dashboard.screenshot(tmp_path / "dashboard-moment.png")
+        # The dashboard's "Full report" link: the session's report, built on request.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/report", timeout=60) as answer:
+            report = answer.read().decode()
+        assert answer.status == 200 and "webui_test" in report and token not in report
 
         # OBS refreshes a source when its scene becomes active: state survives a reload.
         before = overlay.eval("[...document.querySelectorAll('.row .value')].length")

@@ -118,7 +118,10 @@ function setStatus(s) {
   $("source").textContent = s.source ? s.source.state : "—";
   $("upload").textContent = [s.upload_state, s.parts_waiting ? `${s.parts_waiting} part(s) waiting` : "", s.problem || ""]
     .filter(Boolean).join(" · ");
-  $("markers").textContent = s.twitch_markers || "off";
+  const markers = s.twitch_markers || "off";
+  $("markers").textContent = markers;
+  $("markers-toggle").textContent = markers === "off" ? "turn on" : "turn off";
+  $("markers-toggle").disabled = !token;
   if (s.stream_start) streamStart = s.stream_start;
   const running = ["running", "trouble", "starting"].includes(s.state);
   $("start").disabled = !token || running;
@@ -161,6 +164,9 @@ const feed = captaflowLive({
   },
   reply(message) {
     if (message.type === "error") alert(`CaptaFlow: ${message.error}`);
+    else if (message.type === "control" && message.action.startsWith("markers")) {
+      $("markers").textContent = message.detail;
+    }
   },
 });
 
@@ -169,6 +175,8 @@ function control(action) {
 }
 $("start").addEventListener("click", () => control("start"));
 $("stop").addEventListener("click", () => control("stop"));
+$("markers-toggle").addEventListener("click", () =>
+  control($("markers").textContent === "off" ? "markers_on" : "markers_off"));
 
 // ---- the OBS overlay URL ----
 function emotionBoxes() {
