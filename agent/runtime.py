@@ -81,9 +81,14 @@ def _source_failure(outcome: object) -> CaptaFlowError | None:
 
 def _final_source_status(status: SourceStatus) -> SourceStatus:
     """What the source line says once the agent has stopped: why it ended, or just stopped."""
-    if status.state in (SourceState.FAILED, SourceState.FINISHED):
-        return SourceStatus(status.state, status.detail)
-    return SourceStatus(SourceState.STOPPED)
+    # The counts of replaced times and skipped frames stay: they are the run's record.
+    ended = status.state in (SourceState.FAILED, SourceState.FINISHED)
+    return SourceStatus(
+        status.state if ended else SourceState.STOPPED,
+        status.detail if ended else "",
+        times_replaced=status.times_replaced,
+        frames_skipped=status.frames_skipped,
+    )
 
 
 class Agent:

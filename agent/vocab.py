@@ -272,7 +272,8 @@ class StatusRecord:
     this shape (no null anywhere: absent text is ""):
 
         {"pid": 4242, "written_at": 1764579600.5, "state": "stopped",
-         "source": {"state": "finished", "detail": ""}, "session_id": "...", "channel": "...",
+         "source": {"state": "finished", "detail": "", "problem": "", "times_replaced": "0",
+                    "frames_skipped": "0"}, "session_id": "...", "channel": "...",
          "messages_per_second": 0.0, "messages_total": 2019, "duplicates_total": 0,
          "readings_total": 190, "parts_waiting": 1, "upload_state": "off (no bucket set)",
          "dominant": "joy", "problem": "", "set_aside_total": 0, "model_id": "..."}
@@ -305,7 +306,14 @@ class StatusRecord:
             pid=pid,
             written_at=written_at,
             state=str(status.state),
-            source={"state": str(status.source.state), "detail": status.source.detail},
+            source={
+                "state": str(status.source.state),
+                "detail": status.source.detail,
+                "problem": status.source.problem,
+                # Values from outside that were replaced or skipped (agent.sources.entry).
+                "times_replaced": str(status.source.times_replaced),
+                "frames_skipped": str(status.source.frames_skipped),
+            },
             session_id=status.session_id or "",
             channel=status.channel or "",
             messages_per_second=round(status.messages_per_second, 2),

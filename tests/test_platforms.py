@@ -337,3 +337,44 @@ def test_streamerbot_not_running_is_said_in_plain_words(
     said = json.dumps(run.seen.get("source")) + log_text(tmp_path) + run.stderr
     assert f"can't reach Streamer.bot at {url}: is it running with its WebSocket server on?" in said
     assert "Errno" not in said and "0.0 s" not in said
+
+
+def test_generic_ws_mapping_and_hostile_frames_through_the_cli(
+    tmp_path: Path, tiny_bundle: Path, s3_server: dict[str, str]
+) -> None:
+    """The documented mapping (`where = "type=chat"`, `platform = "=youtube"`) from the TOML
+    file; 1e400 / 1e300 times replaced and counted, 400 KB of brackets and NaN one skipped
+    frame each; the agent keeps reading."""
+    rows: list[Any] = [
+        json.dumps({"type": "chat", "body": f"mapped chat {n}", "uid": f"u{n}", "who": "a"})
+        for n in range(3)
+    ]
+    rows += [
+        '{"type": "chat", "body": "infinite time", "uid": "x1", "t": 1e400}',
+        '{"type": "chat", "body": "absurd time", "uid": "x2", "t": 1e300}',
+        '{"type": "chat", "body": "not a number", "uid": "x3", "t": NaN}',
+        "[" * 200_000 + "]" * 200_000,
+        json.dumps({"type": "join", "body": "someone joined", "uid": "j1"}),
+        json.dumps({"type": "chat", "body": "after all that", "uid": "x4"}),
+    ]
+
+    class Feed(FakeSsnRelay):  # a plain JSON feed: no join, frames as they are
+        async def handle(self, ws: Any, n: int) -> None:
+            for row in rows:
+                await ws.send(row)
+            await ws.wait_closed()
+
+    mapping = (
+        '[source.mapping]\nwhere = "type=chat"\ntext = "body"\nid = "uid"\nauthor = "who"\n'
+        'time = "t"\nplatform = "=youtube"\n'
+    )
+    bucket = new_bucket(s3_server)
+    with Feed("", []) as feed:
+        config = config_for("ws", feed.url, bucket).replace("\n[window]", f"{mapping}\n[window]")
+        run = run_agent(tmp_path, tiny_bundle, config, dict(s3_server), messages=6)
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr and "RecursionError" not in log_text(tmp_path)
+    assert by_platform(run.readings, "message_count") == {"youtube": 6}
+    assert {getattr(r, "via", "ws") for r in run.readings} == {"ws"}
+    source = run.status.get("source") or {}  # the status file after the stop
+    assert source.get("times_replaced") == "2" and source.get("frames_skipped") == "2", source

@@ -253,6 +253,7 @@ class WebSocketLink:
         self._backpressured = False
         self._times_replaced_before = 0  # by sessions of links that ended
         self._session: Session | None = None
+        self._reported_counts = (0, 0)  # (times_replaced, frames_skipped) last reported
         self.stats = {
             "attempts": 0,
             "connects": 0,
@@ -508,6 +509,7 @@ class WebSocketLink:
     ) -> None:
         while True:
             await asyncio.sleep(self._tick_interval)
+            self._report_counts()
             if self._backpressured:
                 continue
             session.tick(self._clock())
@@ -550,7 +552,15 @@ class WebSocketLink:
     def _report(self) -> None:
         if self._on_status is None:
             return
+        status = self.status()
+        self._reported_counts = (status.times_replaced, status.frames_skipped)
         try:
-            self._on_status(self.status())
+            self._on_status(status)
         except Exception:
             log.exception("%s: on_status callback failed", self.name)
+
+    def _report_counts(self) -> None:
+        """Say new counts of replaced times and skipped frames (once a tick at most: a burst
+        of bad frames is one status change, not one per frame)."""
+        if (self.times_replaced, self.stats["frames_skipped"]) != self._reported_counts:
+            self._report()

@@ -14,8 +14,9 @@ authenticate(), subscribe()) describe it:
 3. Without a password we do what the official client does: ask `GetInfo`; "ok" means
    authentication is on but not enforced (Streamer.bot's default: "Enforce" off), so we go on
    unauthenticated; "error" means Enforce is on: the source stops, saying how to set one.
-4. Only then `{"request": "Subscribe", "id", "events": {...}}`; an "error" reply, or a reply
-   that leaves out events we asked for, is a visible status problem, not silence.
+4. Only then `{"request": "Subscribe", "id", "events": {...}}`; an "error" reply is a visible
+   status problem, not silence; a reply that leaves out some events (an older Streamer.bot
+   without a platform) is a warning in the log naming them.
    A server older than 0.2.5 sends no Hello: after `HELLO_TIMEOUT` we subscribe anyway.
 
 Events arrive as `{"timeStamp", "event": {"source", "type"}, "data"}` (guide "Receiving
@@ -305,7 +306,12 @@ class StreamerbotSession(JsonSession):
                     )
                 )
                 return
-            self.emit(Problem(self._missing(reply.get("events"))))
+            missing = self._missing(reply.get("events"))
+            if missing:
+                # Not an error: an older Streamer.bot lacks some platforms' events, and a
+                # streamer who does not use those platforms loses nothing.
+                log.warning("%s", missing)
+            self.emit(Problem(""))
 
     @staticmethod
     def _missing(granted: Any) -> str:
@@ -321,7 +327,7 @@ class StreamerbotSession(JsonSession):
         if not missing:
             return ""
         shown = ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else "")
-        return f"Streamer.bot did not subscribe {shown}: update Streamer.bot to read them"
+        return f"Streamer.bot did not subscribe {shown}: update Streamer.bot to read those"
 
     def parse(self, value: Any, received: Received) -> Iterable[ChatMessage | ModerationEvent]:
         if not isinstance(value, dict):
