@@ -24,7 +24,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -422,15 +422,22 @@ FUSION_CHOICES = {
 
 
 def _fuse(
-    fp32_path: Path, out_path: Path, config: Any, opt_level: int | None = None
+    fp32_path: Path,
+    out_path: Path,
+    config: Any,
+    opt_level: int | None = None,
+    fusions: Mapping[str, bool] | None = None,
 ) -> dict[str, Any]:
+    """`fusions`: FusionOptions attributes to set (None: FUSION_CHOICES; {}: onnxruntime's
+    defaults, the earlier export's graph, kept for the benchmark's comparison)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
 
     from agent.scorer import DISABLED_OPTIMIZERS
     from model_export.lean import fuse_bert
 
+    chosen = dict(FUSION_CHOICES if fusions is None else fusions)
     options = FusionOptions("bert")
-    for name, value in FUSION_CHOICES.items():
+    for name, value in chosen.items():
         setattr(options, name, value)
     # opt_level None is the optimizer's default for "bert" (1: an onnxruntime pass first,
     # which imports torch and holds another copy of the model); the light path's graph needs
@@ -453,7 +460,7 @@ def _fuse(
         "model_type": "bert",
         "num_heads": int(config.num_attention_heads),
         "hidden_size": int(config.hidden_size),
-        "fusion_options": dict(FUSION_CHOICES),
+        "fusion_options": chosen,
         "session_disabled_optimizers": list(DISABLED_OPTIMIZERS),
         "fused_operators": fused,
     }
@@ -509,6 +516,51 @@ def _quantize(
         # quantize_dynamic rewrites a Gemm as MatMul + Add named "<gemm>_MatMul" first.
         nodes_to_exclude=[n for name in exclude for n in (name, f"{name}_MatMul")],
     )
+
+
+def half_embeddings(model_path: Path, min_elements: int = 1 << 19) -> list[str]:
+    """Store the large float32 tables that Gather nodes read as float16, with a Cast back to
+    float32 after each look-up. Returns the tables converted."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(model_path))
+    inits = {init.name: init for init in model.graph.initializer}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    converted: list[str] = []
+    nodes = []
+    for node in model.graph.node:
+        nodes.append(node)
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        if (
+            table is None
+            or table.data_type != TensorProto.FLOAT
+            or int(np.prod(table.dims)) < min_elements
+            or readers[table.name] != 1
+        ):
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(table).astype(np.float16), table.name)
+        table.CopyFrom(half)
+        wide = node.output[0]
+        node.output[0] = f"{wide}_float16"
+        nodes.append(
+            helper.make_node(
+                "Cast",
+                [node.output[0]],
+                [wide],
+                name=f"{node.name}_to_float32",
+                to=TensorProto.FLOAT,
+            )
+        )
+        converted.append(table.name)
+    if converted:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        onnx.save(model, str(model_path))
+    return converted
 
 
 def write_tokenizer_json(tokenizer: Any, path: Path, max_length: int) -> None:
@@ -674,6 +726,7 @@ def export_bundle(
     progress: Progress = no_progress,
     via: str = "light",
     test_model: str | None = None,
+    fusions: Mapping[str, bool] | None = None,
 ) -> ModelBundle:
     """Export `source` (a Hub model id or a local model directory) into a bundle at `out`.
 
@@ -761,6 +814,7 @@ def export_bundle(
             opt_level=0 if via == "light" else None,
             torch_reference=reference,
             progress=progress,
+            fusions=fusions,
         )
         parts.optimization["fp32_exporter"] = EXPORTERS[via]
         if fp32_check is not None:
@@ -936,6 +990,7 @@ def int8_from_fp32(
     opt_level: int | None = 0,
     torch_reference: np.ndarray | None = None,
     progress: Progress = no_progress,
+    fusions: Mapping[str, bool] | None = None,
 ) -> Int8Parts:
     """Fuse, migrate outliers, quantise and check `fp32_path`; writes `model_path`.
 
@@ -950,7 +1005,7 @@ def int8_from_fp32(
         # Beside the fp32 graph: with external weights (light path) the fused graph keeps
         # pointing into the fp32 graph's data file instead of copying it.
         fused_path = fp32_path.parent / "model.fused.onnx"
-        optimization = _fuse(fp32_path, fused_path, shape, opt_level)
+        optimization = _fuse(fp32_path, fused_path, shape, opt_level, fusions)
         progress(f"fused: {optimization['fused_operators']}")
     to_quantize = fused_path
     outliers: dict[str, Any] = {}
@@ -989,14 +1044,16 @@ def int8_from_fp32(
             )
     head = head_nodes(to_quantize) if settings.fp32_head else []
     outliers["fp32_nodes"] = head
-    outliers["fp32_ops"] = sorted(
-        {"Gather"} - set(settings.op_types)
-    )  # embedding look-ups stay fp32 when Gather is not quantised
+    # Embedding look-ups are not quantised when Gather is not in op_types (their tables are
+    # float16 or float32, see QuantizationSettings.embeddings).
+    outliers["not_int8_ops"] = sorted({"Gather"} - set(settings.op_types))
     with stage(
         f"quantising to int8 ({settings.weight_type}, per_channel={settings.per_channel}, "
         f"{len(head)} head nodes kept fp32)"
     ):
         _quantize(to_quantize, work, model_path, settings, head)
+        if settings.embeddings == "float16" and "Gather" not in settings.op_types:
+            outliers["float16_tables"] = half_embeddings(model_path)
         ops = count_ops(model_path)
         int8_ops = {op: n for op, n in ops.items() if op in INT8_OPS}
         if not int8_ops:
