@@ -5,11 +5,13 @@ anything `aws configure` set up just works; only when that chain finds nothing, 
 (service "CaptaFlow", entries `aws_access_key_id` and `aws_secret_access_key`, optionally
 `aws_session_token`). A streamer can store them once with
 
-    keyring set CaptaFlow aws_access_key_id
-    keyring set CaptaFlow aws_secret_access_key
+    captaflow secrets set aws_access_key_id
+    captaflow secrets set aws_secret_access_key
 
-Credentials are never read from a file in the spool or the data directory, and the objects here
-never show a secret in `repr`/`str`, so a stray log line or crash report cannot leak one.
+`CAPTAFLOW_NO_KEYRING=1` turns the keyring off here too, as for the sources' secrets
+(`agent.secrets`). Credentials are never read from a file in the spool or the data directory,
+and the objects here never show a secret in `repr`/`str`, so a stray log line or crash report
+cannot leak one.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import boto3
 
 log = logging.getLogger(__name__)
 
-KEYRING_SERVICE = "CaptaFlow"
+KEYRING_SERVICE = "CaptaFlow"  # the same service as agent.secrets.KEYRING_SERVICE
 KEY_ID_ENTRY = "aws_access_key_id"
 SECRET_ENTRY = "aws_secret_access_key"
 TOKEN_ENTRY = "aws_session_token"
@@ -42,6 +44,10 @@ def keyring_credentials(service: str = KEYRING_SERVICE) -> KeyringCredentials | 
     A missing or locked keyring (headless Linux, no Secret Service) is not an error here: it
     simply means "no keyring credentials"; the caller then reports that no credentials exist.
     """
+    from agent.secrets import keyring_disabled
+
+    if keyring_disabled():  # CAPTAFLOW_NO_KEYRING: the same switch as for the sources' secrets
+        return None
     try:
         import keyring
         from keyring.errors import KeyringError

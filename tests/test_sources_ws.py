@@ -285,3 +285,30 @@ def test_settings_errors_name_the_fix() -> None:
         open_source(Source("ws", "c"), secrets={})
     with pytest.raises(SourceError, match="captaflow secrets set ssn_session"):
         open_source(Source("ssn", "c"), secrets={})
+
+
+def test_streamerbot_trovo_chat_and_a_super_sticker_without_words() -> None:
+    trovo = {
+        "timeStamp": "2025-11-25T15:51:25Z",
+        "event": {"source": "Trovo", "type": "ChatMessage"},
+        "data": {"messageId": "tr1", "text": "hi trovo", "user": {"id": "55", "login": "TrovoFan"}},
+    }
+    msg = parse_streamerbot_event(trovo, channel="c", received_at=NOW)
+    assert msg is not None and (msg.platform, msg.author, msg.author_name) == (
+        "trovo",
+        "55",
+        "trovofan",
+    )
+    # Docs trigger "Super Sticker": no message, a sticker description (stickerAltText).
+    sticker = {
+        "timeStamp": "2025-11-25T15:51:26Z",
+        "event": {"source": "YouTube", "type": "SuperSticker"},
+        "data": {
+            "eventId": "ss1",
+            "amount": "$2.00",
+            "stickerAltText": "a cat dancing with joy",
+            "user": {"id": "UC9", "name": "Sticker Fan"},
+        },
+    }
+    got = parse_streamerbot_event(sticker, channel="c", received_at=NOW)
+    assert got is not None and (got.platform, got.text) == ("youtube", "a cat dancing with joy")

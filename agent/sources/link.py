@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import ssl
@@ -140,9 +141,7 @@ def describe_failure(exc: BaseException, title: str, url: str, hint: str = "") -
     """What went wrong, as a streamer reads it (no errno, no exception class names)."""
     if isinstance(exc, socket.gaierror):
         return "no internet connection (or a wrong host name)"
-    if isinstance(exc, ConnectionRefusedError) or (
-        isinstance(exc, OSError) and "Connect call failed" in str(exc)
-    ):
+    if _refused(exc):
         return f"can't reach {title} at {url}" + (f": {hint}" if hint else "")
     if isinstance(exc, TimeoutError):
         return f"{title} at {url} did not answer in time"
@@ -157,6 +156,20 @@ def describe_failure(exc: BaseException, title: str, url: str, hint: str = "") -
     if isinstance(exc, OSError):
         return f"lost the network link to {title}"
     return f"{title}: {str(exc)[:120] or type(exc).__name__}"
+
+
+_REFUSED_ERRNOS = frozenset({errno.ECONNREFUSED, 10061, 1225})  # POSIX, WSAECONNREFUSED, Win
+
+
+def _refused(exc: BaseException) -> bool:
+    """Nothing listens there. asyncio wraps the per-address failures of a host with several
+    addresses (localhost: ::1 and 127.0.0.1) in one plain OSError, so the text is read too."""
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    if not isinstance(exc, OSError) or isinstance(exc, socket.gaierror):
+        return False
+    text = str(exc).lower()
+    return exc.errno in _REFUSED_ERRNOS or "connect call failed" in text or "refused" in text
 
 
 def describe_close(exc: ConnectionClosed, title: str) -> str:
