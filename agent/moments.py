@@ -65,6 +65,7 @@ with the stream's recording.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -73,7 +74,7 @@ from enum import StrEnum
 import numpy as np
 import pandas as pd
 
-from agent.vocab import DEFAULT_DISPLAYED, LABELS, Reading
+from agent.vocab import DEFAULT_DISPLAYED, LABELS, Reading, format_timestamp, parse_timestamp
 
 MESSAGE_RATE = "message_rate"
 
@@ -529,35 +530,73 @@ def detect_moments(
 # -------------------------------------------------------------------------------- live
 
 
-def _round_like_the_spool(reading: Reading) -> dict[str, object]:
-    """A reading as the spool's CSV keeps it: times to the ms, means to six decimals."""
-    row: dict[str, object] = {
-        "session_id": reading.session_id,
-        "platform": reading.platform,
-        "channel": reading.channel,
-        "window_start": round(reading.window_start * _MS) / _MS,
-        "window_end": round(reading.window_end * _MS) / _MS,
-        "message_count": reading.message_count,
-        "scored_count": reading.scored_count,
-    }
-    for label, score in zip(LABELS, reading.scores, strict=True):
-        row[label] = float(f"{score:.6f}")
-    return row
+def _spool_ms(unix_seconds: float) -> int:
+    """A time as the spool keeps it (`format_timestamp`: whole milliseconds), in ms."""
+    return round(parse_timestamp(format_timestamp(unix_seconds)) * _MS)
+
+
+def _spool_micro(score: float) -> int:
+    """A mean as the spool keeps it (six decimals), in micro-units."""
+    return round(float(f"{score:.6f}") * _MICRO)
+
+
+def _pandas_median(ordered: list[float]) -> float:
+    """pandas' rolling median of sorted values (roll_median_c): the middle one, or the mean
+    of the two middle ones."""
+    n = len(ordered)
+    mid = n // 2
+    return ordered[mid] if n % 2 else (ordered[mid] + ordered[mid - 1]) / 2
+
+
+def _pandas_quantile(ordered: list[float], q: float) -> float:
+    """pandas' rolling quantile of sorted values (roll_quantile, linear interpolation)."""
+    n = len(ordered)
+    if n == 1:
+        return ordered[0]
+    at = q * (n - 1)
+    low = int(at)
+    if at == low:
+        return ordered[low]
+    return ordered[low] + (ordered[low + 1] - ordered[low]) * (at - low)
 
 
 @dataclass(slots=True)
 class _Timeline:
-    rows: list[dict[str, object]] = field(default_factory=list)
+    """One timeline's recent readings in the integer units of step 1, and each one's
+    series values (fixed once computed: they depend on the past only)."""
+
+    starts: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    messages: list[int] = field(default_factory=list)
+    scored: list[int] = field(default_factory=list)
+    weighted: dict[str, list[int]] = field(default_factory=dict)  # micro-units x scored
+    micro: dict[str, list[int]] = field(default_factory=dict)
+    values: dict[str, list[float]] = field(default_factory=dict)
     groupers: dict[str, _Grouper] = field(default_factory=dict)
+
+    def drop_before(self, horizon: int) -> None:
+        drop = bisect.bisect_left(self.starts, horizon)
+        drop = min(drop, len(self.starts) - 1)
+        if drop <= 0:
+            return
+        for column in (self.starts, self.ends, self.messages, self.scored):
+            del column[:drop]
+        for ints in (*self.weighted.values(), *self.micro.values()):
+            del ints[:drop]
+        for floats in self.values.values():
+            del floats[:drop]
 
 
 class LiveMoments:
     """The causal method fed one reading at a time, as the agent writes them.
 
     `add` returns what the reading changed: moments announced (STARTED), extended (UPDATED)
-    and closed (ENDED). Each timeline keeps only the readings its next verdict can depend on
-    (the baseline window plus the smoothing window), so memory stays flat over a long stream.
-    Readings of one timeline must come in the order of their start (the agent's windows do).
+    and closed (ENDED). It computes steps 1-4 for the new reading only, with the same
+    integer sums and the same median and quantile arithmetic as pandas' rolling windows
+    that `all_moments` uses, so both find bit-identical moments; each timeline keeps only the
+    readings its next verdict can depend on (the baseline window plus the smoothing window),
+    so time and memory per reading stay flat over a long stream. Readings of one timeline
+    must come in the order of their start (the agent's windows do).
     """
 
     def __init__(
@@ -570,17 +609,17 @@ class LiveMoments:
         self.labels = _check_labels(displayed)
         self._timelines: dict[tuple[str, str, str], _Timeline] = {}
         self._stream_starts: dict[str, float] = {}
-        self._keep_ms = round(
-            (self.params.baseline_minutes * 60 + self.params.smooth_seconds + 1) * _MS
-        )
+        p = self.params
+        self._baseline_ms = round(pd.Timedelta(minutes=p.baseline_minutes).value / 1_000_000)
+        self._smooth_ms = round(p.smooth_seconds * _MS)
+        self._keep_ms = self._baseline_ms + self._smooth_ms + _MS
+        self._rate_window_ms = round(p.rate_min_window_seconds * _MS)
 
-    def add(self, reading: Reading) -> list[MomentEvent]:
-        row = _round_like_the_spool(reading)
+    def _timeline(self, reading: Reading, start_ms: int) -> _Timeline:
         key = (reading.session_id, reading.platform, reading.channel)
-        start = float(row["window_start"])  # type: ignore[arg-type]
-        stream_start = self._stream_starts.setdefault(reading.session_id, start)
         timeline = self._timelines.get(key)
         if timeline is None:
+            stream_start = self._stream_starts.setdefault(reading.session_id, start_ms / _MS)
             timeline = self._timelines[key] = _Timeline()
             for kind in (*self.labels, MESSAGE_RATE):
                 timeline.groupers[kind] = _Grouper(
@@ -591,19 +630,91 @@ class LiveMoments:
                     reading.platform,
                     reading.channel,
                 )
-        timeline.rows.append(row)
-        horizon = round(start * _MS) - self._keep_ms
-        drop = 0
-        while drop < len(timeline.rows) - 1 and _ms(timeline.rows[drop]) < horizon:
-            drop += 1
-        del timeline.rows[:drop]
+                timeline.values[kind] = []
+            for label in self.labels:
+                timeline.weighted[label] = []
+                timeline.micro[label] = []
+        return timeline
 
-        table = _table(pd.DataFrame(timeline.rows), self.labels)
-        verdicts = _verdicts(table, self.labels, self.params, [len(table) - 1])
+    def add(self, reading: Reading) -> list[MomentEvent]:
+        p = self.params
+        start, end = _spool_ms(reading.window_start), _spool_ms(reading.window_end)
+        t = self._timeline(reading, start)
+        t.drop_before(start - self._keep_ms)
+        scored = max(0, int(reading.scored_count))
+        t.starts.append(start)
+        t.ends.append(end)
+        t.messages.append(int(reading.message_count))
+        t.scored.append(scored)
+        for label in self.labels:
+            micro = _spool_micro(reading.scores[LABELS.index(label)])
+            t.micro[label].append(micro)
+            t.weighted[label].append(micro * scored)
+        i = len(t.starts) - 1
+        # Step 1: the pool, readings first..i (those starting after end - smooth).
+        first = min(bisect.bisect_right(t.starts, end - self._smooth_ms), i)
+        scored_pool = sum(t.scored[first:])
+        current: dict[str, float] = {}
+        for label in self.labels:
+            weighted = float(sum(t.weighted[label][first:]))
+            mean = weighted / _MICRO / scored_pool if scored_pool else math.nan
+            current[label] = mean if scored_pool >= p.min_scored else math.nan
+        span = max(end - t.starts[first], self._rate_window_ms)
+        current[MESSAGE_RATE] = 60.0 * float(sum(t.messages[first:])) * _MS / span
+        # Step 2: the baseline, readings starting in [start - baseline, start).
+        low = bisect.bisect_left(t.starts, start - self._baseline_ms)
+        high = bisect.bisect_left(t.starts, start)
         events: list[MomentEvent] = []
-        for kind, (verdict,) in verdicts.items():
-            events.extend(timeline.groupers[kind].feed(verdict))
+        for kind, value in current.items():
+            past = sorted(v for v in t.values[kind][low:high] if not math.isnan(v))
+            t.values[kind].append(value)
+            verdict = self._verdict(t, kind, value, past, first, i)
+            events.extend(t.groupers[kind].feed(verdict))
         return events
+
+    def _verdict(
+        self, t: _Timeline, kind: str, value: float, past: list[float], first: int, i: int
+    ) -> _Verdict:
+        p = self.params
+        is_rate = kind == MESSAGE_RATE
+        floor = p.rate_scale_floor if is_rate else p.emotion_scale_floor
+        min_lift = p.rate_min_lift if is_rate else p.emotion_min_lift
+        spike = False
+        z = baseline = math.nan
+        onset = i
+        if past:
+            baseline = _pandas_median(past)
+            spread = (_pandas_quantile(past, 0.75) - _pandas_quantile(past, 0.25)) / _IQR_TO_SIGMA
+            threshold = max(baseline + min_lift, baseline + p.z_threshold * (spread + floor))
+            if is_rate:
+                threshold = max(threshold, p.rate_min_ratio * baseline)
+            z = (value - baseline) / (spread + floor)
+            spike = (
+                len(past) >= p.min_baseline_readings
+                and not math.isnan(value)
+                and value >= threshold
+            )
+            if spike:
+                for k in range(first, i + 1):
+                    if self._unpooled(t, kind, k) >= threshold:
+                        onset = k
+                        break
+        return _Verdict(
+            start=t.starts[i],
+            end=t.ends[i],
+            spike=spike,
+            z=z,
+            value=value,
+            baseline=baseline,
+            onset=t.starts[onset],
+            evidence=t.starts[first],
+        )
+
+    def _unpooled(self, t: _Timeline, kind: str, k: int) -> float:
+        if kind == MESSAGE_RATE:
+            duration = max(t.ends[k] - t.starts[k], self._rate_window_ms)
+            return 60.0 * float(t.messages[k]) * _MS / duration
+        return t.micro[kind][k] / _MICRO if t.scored[k] > 0 else math.nan
 
     def finish(self, session_id: str | None = None) -> list[MomentEvent]:
         """The stream ended (of `session_id`, or every one): close the open moments."""
@@ -627,10 +738,6 @@ class LiveMoments:
                     found.append(grouper._moment(grouper.current))
         found.sort(key=lambda m: (m.start, m.kind))
         return found
-
-
-def _ms(row: Mapping[str, object]) -> int:
-    return round(float(row["window_start"]) * _MS)  # type: ignore[arg-type]
 
 
 def with_offsets(moment: Moment, stream_start: float) -> Moment:
