@@ -296,9 +296,9 @@ def chat_message(
     the login. None for a line without words; `MalformedLine`-worthy lines raise ValueError.
     Call `checked_sent_time` yourself to count replaced times; this one only uses it."""
     text, action = chat_text(msg)
-    if not text:
+    if not text or not text.strip():
         # A USERNOTICE without a user's words (a bare sub, a raid) is not chat; an empty
-        # PRIVMSG (e.g. an empty /me) says nothing either.
+        # PRIVMSG (e.g. an empty /me, or only spaces) says nothing either.
         return None
     sent_at, _ = checked_sent_time(msg.tags, received_at, fallback)
     login = clip(sender_login(msg) or msg.tags.get("display-name", "").lower(), MAX_NAME)
