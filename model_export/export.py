@@ -497,9 +497,10 @@ def _quantize(
     settings: QuantizationSettings,
     exclude: Sequence[str],
 ) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType
 
-    from model_export.lean import pre_process
+    # onnxruntime's pre-processing and quantize_dynamic, copying the model less (lean.py).
+    from model_export.lean import pre_process, quantize_dynamic
 
     prepared = fused_path.parent / "model.prepared.onnx"
     # Shape inference over the fused contrib ops; without it quantize_dynamic misses

@@ -17,6 +17,12 @@ its weights inside, or an output in another directory, they are the ordinary cal
 
     fused = fuse_bert(fp32, work / "model.fused.onnx", model_type="bert", num_heads=12, ...)
     pre_process(work / "model.fused.onnx", work / "model.prepared.onnx", skip_optimization=True)
+    quantize_dynamic(work / "model.prepared.onnx", out / "model.onnx", weight_type=...)
+
+`quantize_dynamic` must hold the weights it quantises, but onnxruntime's dynamic quantizer also
+deep-copies the whole model, saves the copy and loads it back only to refresh the shape
+annotations (`save_and_reload_model_with_shape_infer`, three copies at once: its peak was
+1.5 GB above the model's own 0.5 GB); here that refresh runs on the graph's structure alone.
 """
 
 from __future__ import annotations
@@ -112,4 +118,71 @@ def pre_process(
         onnx.save(model, str(out_path))
 
 
-__all__ = ["fuse_bert", "has_external_data", "pre_process"]
+# Tensors at least this large are left out of the structural copy shape inference reads.
+_STRUCTURE_BYTES = 1 << 16
+
+
+def _structure_only(model: Any) -> Any:
+    """A copy of `model` whose large initializers carry type and dims but no data (marked
+    external, as shape inference expects of tensors it need not read)."""
+    import onnx
+
+    skeleton = onnx.ModelProto()
+    graph = model.graph
+    kept = onnx.GraphProto()
+    for field in ("name", "doc_string"):
+        setattr(kept, field, getattr(graph, field))
+    for field in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(kept, field).extend(getattr(graph, field))
+    for tensor in graph.initializer:
+        if tensor.ByteSize() < _STRUCTURE_BYTES:
+            kept.initializer.append(tensor)
+            continue
+        stub = kept.initializer.add()
+        stub.name, stub.data_type = tensor.name, tensor.data_type
+        stub.dims.extend(tensor.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        entry = stub.external_data.add()
+        entry.key, entry.value = "location", "weights-not-read-by-shape-inference"
+    for field, value in model.ListFields():
+        if field.name == "graph":
+            continue
+        if hasattr(value, "extend"):  # a repeated field (opset_import, metadata_props, ...)
+            getattr(skeleton, field.name).extend(value)
+        else:
+            setattr(skeleton, field.name, value)
+    skeleton.graph.CopyFrom(kept)
+    return skeleton
+
+
+def _refresh_shapes(model: Any) -> Any:
+    """What `save_and_reload_model_with_shape_infer(model)` returns (the model with ONNX shape
+    inference's value_info and onnxruntime's "inferred" mark), without copying its weights."""
+    import onnx
+    from onnxruntime.quantization.quant_utils import add_infer_metadata
+
+    inferred = onnx.shape_inference.infer_shapes(_structure_only(model))
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    del model.graph.output[:]
+    model.graph.output.extend(inferred.graph.output)
+    add_infer_metadata(model)
+    return model
+
+
+def quantize_dynamic(model_input: Path, model_output: Path, **options: Any) -> None:
+    """`onnxruntime.quantization.quantize_dynamic(model_input, model_output, **options)`,
+    with the quantizer's shape refresh done on the graph's structure instead of a deep copy
+    saved and reloaded (the same int8 graph, tested)."""
+    from onnxruntime.quantization import onnx_quantizer
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    original = onnx_quantizer.save_and_reload_model_with_shape_infer
+    onnx_quantizer.save_and_reload_model_with_shape_infer = _refresh_shapes
+    try:
+        ort_quantize_dynamic(str(model_input), str(model_output), **options)
+    finally:
+        onnx_quantizer.save_and_reload_model_with_shape_infer = original
+
+
+__all__ = ["fuse_bert", "has_external_data", "pre_process", "quantize_dynamic"]

@@ -333,6 +333,44 @@ def test_tiny_export_runs_without_pytorch(tmp_path: Path) -> None:
     assert manifest.optimization["fused_operators"]["MultiHeadAttention"] == 2
 
 
+def test_the_real_export_fetches_from_the_hub_cache_and_takes_the_light_path(
+    tmp_path: Path,
+) -> None:
+    """`python -m model_export --model-id ...` (what a user runs) without torch: the files come
+    through huggingface_hub (offline here, from a cache laid out as the Hub's), the graph from
+    model_export.graph. Parity is skipped: random weights cannot meet the real tolerance."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--captaflow--fake-emotions"
+    build_tiny_source(repo / "snapshots" / commit, seed=5)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit, encoding="utf-8")
+    out = tmp_path / "bundle"
+    args = ["--model-id", "captaflow/fake-emotions", "--out", str(out), "--skip-parity"]
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH, *args, "--threads", "1"],
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "HF_HUB_CACHE": str(tmp_path / "hub"),
+            "HF_HUB_OFFLINE": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "downloading captaflow/fake-emotions" in result.stderr
+    assert "no PyTorch" in result.stderr
+    manifest = load_bundle(out).manifest
+    assert (manifest.source_model_id, manifest.source_revision) == (
+        "captaflow/fake-emotions",
+        commit,
+    )
+    assert manifest.test_model is None
+    assert manifest.optimization["fp32_exporter"].startswith("model_export.graph")
+    assert manifest.optimization["fp32_check"]["max_abs_logit_diff"] <= LOGIT_TOLERANCE
+
+
 @needs_optimum
 def test_via_optimum_still_exports_and_checks_against_pytorch(tmp_path: Path) -> None:
     from model_export.cli import main as export_main
@@ -561,6 +599,23 @@ def test_lean_fusion_and_pre_processing_give_the_ordinary_graphs(
     np.testing.assert_array_equal(
         _run(tmp_path / "model.prepared.onnx", feeds), _run(ordinary / "model.prepared.onnx", feeds)
     )
+
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
+
+    from model_export.lean import quantize_dynamic
+
+    options = {"weight_type": QuantType.QInt8, "nodes_to_exclude": ["/classifier/dense/Gemm"]}
+    quantize_dynamic(tmp_path / "model.prepared.onnx", tmp_path / "int8.onnx", **options)
+    ort_quantize_dynamic(
+        str(ordinary / "model.prepared.onnx"), str(ordinary / "int8.onnx"), **options
+    )
+    lean_int8, ordinary_int8 = (onnx.load(str(p / "int8.onnx")) for p in (tmp_path, ordinary))
+    assert not has_external_data(tmp_path / "int8.onnx")  # the bundle's model is one file
+    _same_graph(tmp_path / "int8.onnx", ordinary / "int8.onnx")
+    for model in (lean_int8, ordinary_int8):
+        model.graph.ClearField("initializer")  # compared above, tensor for tensor
+    assert lean_int8 == ordinary_int8  # value_info, outputs, metadata, opsets
 
 
 def test_lean_fusion_falls_back_when_the_output_is_elsewhere(
