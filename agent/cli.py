@@ -544,7 +544,7 @@ def cmd_demo(inv: Invocation) -> int:
 
 def cmd_score(inv: Invocation) -> int:
     from agent.assembly import open_scorer
-    from agent.previews import format_message_line
+    from agent.previews import format_message_line, terminal_width
     from agent.vocab import LABELS, dominant_label
 
     settings = inv.settings()
@@ -576,10 +576,10 @@ def cmd_score(inv: Invocation) -> int:
                     )
                 )
             else:
-                print(
-                    f"{format_message_line(text, values, displayed)}  "
-                    f"→ {dominant_label(values, displayed)}"
-                )
+                top = dominant_label(values, displayed)
+                # The line and its "  → dominant" together fit the terminal (app's previews).
+                width = terminal_width() - len(top) - 4
+                print(f"{format_message_line(text, values, displayed, width)}  → {top}")
     return 0
 
 
