@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -364,28 +365,41 @@ BAR = (0, 0, 160, 32)  # trayer's bar at the top left; the icon sits in its firs
 SLOT = (0, 0, 32, 32)
 
 
-@pytest.fixture
-def xserver(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """Xvfb with trayer docked at the top: an X display with a system tray (XEmbed)."""
-    missing = [t for t in ("Xvfb", "trayer", "import", "xdotool") if shutil.which(t) is None]
+@contextlib.contextmanager
+def xvfb() -> Iterator[dict[str, str]]:
+    """A bare X display (Xvfb), its environment without any session bus."""
+    missing = [t for t in ("Xvfb", "import", "xdotool") if shutil.which(t) is None]
     if missing:
-        pytest.skip(f"needs {', '.join(missing)} (apt-get install xvfb trayer imagemagick xdotool)")
-    pytest.importorskip("Xlib", reason="pystray's xorg backend needs python-xlib")
-    import Xlib.display
-
+        pytest.skip(f"needs {', '.join(missing)} (apt-get install xvfb imagemagick xdotool)")
     with subprocess.Popen(
         ["Xvfb", "-displayfd", "1", "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24",
          "-nolisten", "tcp"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-    ) as xvfb:  # fmt: skip
-        assert xvfb.stdout is not None
-        number = xvfb.stdout.readline().strip()
-        assert number.isdigit(), "Xvfb did not report its display"
-        env = dict(os.environ, DISPLAY=f":{number}")
-        env.pop("PYSTRAY_BACKEND", None)
-        env.pop("DBUS_SESSION_BUS_ADDRESS", None)  # no session bus: like a bare X desktop
+    ) as server:  # fmt: skip
+        try:
+            assert server.stdout is not None
+            number = server.stdout.readline().strip()
+            assert number.isdigit(), "Xvfb did not report its display"
+            env = dict(os.environ, DISPLAY=f":{number}")
+            env.pop("PYSTRAY_BACKEND", None)
+            env.pop("DBUS_SESSION_BUS_ADDRESS", None)  # no session bus: like a bare X desktop
+            yield env
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+@pytest.fixture
+def xserver(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Xvfb with trayer docked at the top: an X display with a system tray (XEmbed)."""
+    if shutil.which("trayer") is None:
+        pytest.skip("needs trayer (apt-get install trayer)")
+    pytest.importorskip("Xlib", reason="pystray's xorg backend needs python-xlib")
+    import Xlib.display
+
+    with xvfb() as env:
         trayer = subprocess.Popen(
             # One 32-pixel-high bar: trayer gives each icon a square slot of its height.
             ["trayer", "--edge", "top", "--align", "left", "--widthtype", "pixel",
@@ -411,8 +425,6 @@ def xserver(tmp_path: Path) -> Iterator[dict[str, str]]:
         finally:
             trayer.terminate()
             trayer.wait(timeout=10)
-            xvfb.terminate()
-            xvfb.wait(timeout=10)
 
 
 def screenshot(env: dict[str, str], out: Path) -> Image.Image:
@@ -552,7 +564,74 @@ def test_the_xorg_fallback_docks_keeps_its_size_and_a_left_click_opens_the_repor
     save_sheet(shots, "tray-xorg.png", tmp_path, crop=(0, 0, 64, 32))
 
 
-# The GTK status icon (XEmbed tray) through the real command line, driven by clicks.
+# The menu through the real command line, driven by clicks, on both kinds of Linux tray host:
+# an XEmbed tray (trayer: pystray's GTK status icon, no D-Bus) and a StatusNotifier host
+# (gtk-sni-tray-standalone with its own watcher on a private session bus: AppIndicator).
+
+SNI_HOST = "gtk-sni-tray-standalone"  # Debian: haskell-gtk-sni-tray-utils
+
+
+@pytest.fixture(params=["gtk", "appindicator"])
+def menu_host(request: pytest.FixtureRequest) -> Iterator[tuple]:
+    """(environment, the backend the tray must pick) for each kind of tray host."""
+    import time
+
+    if request.param == "gtk":
+        yield request.getfixturevalue("xserver"), "gtk"
+        return
+    missing = [t for t in (SNI_HOST, "dbus-daemon") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (apt-get install haskell-gtk-sni-tray-utils)")
+    gi = pytest.importorskip("gi", reason="AppIndicator needs PyGObject")
+    try:
+        gi.require_version("AyatanaAppIndicator3", "0.1")
+    except ValueError:
+        pytest.skip("needs gir1.2-ayatanaappindicator3-0.1")
+    display = xvfb()
+    xserver = display.__enter__()
+    bus = subprocess.Popen(
+        ["dbus-daemon", "--session", "--nofork", "--print-address=1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    host = None
+    try:
+        assert bus.stdout is not None
+        address = bus.stdout.readline().strip()
+        assert address, "dbus-daemon gave no address"
+        env = dict(xserver, DBUS_SESSION_BUS_ADDRESS=address)
+        host = subprocess.Popen(
+            # A light grey bar like trayer's, so the icon's see-through corners can be checked.
+            [SNI_HOST, "--top", "--beginning", "--size", "32", "--watcher", "--color", "#dcdad5"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while not _watcher_up(address):
+            assert time.monotonic() < deadline, "the StatusNotifier watcher did not come up"
+            time.sleep(0.2)
+        yield env, "appindicator"
+    finally:
+        if host is not None:
+            host.terminate()
+            host.wait(timeout=10)
+        bus.terminate()
+        bus.wait(timeout=10)
+        if bus.stdout is not None:
+            bus.stdout.close()
+        display.__exit__(None, None, None)
+
+
+def _watcher_up(address: str) -> bool:
+    done = subprocess.run(
+        ["dbus-send", f"--bus={address}", "--print-reply", "--dest=org.freedesktop.DBus",
+         "/org/freedesktop/DBus", "org.freedesktop.DBus.NameHasOwner",
+         "string:org.kde.StatusNotifierWatcher"],
+        capture_output=True, text=True, timeout=10, check=False,
+    )  # fmt: skip
+    return "boolean true" in done.stdout
 
 
 def open_menu(env: dict[str, str], tmp_path: Path, name: str) -> tuple[Image.Image, list[dict]]:
@@ -603,12 +682,13 @@ def click(env: dict[str, str], row: dict) -> None:
 
 
 @pytest.mark.gui
-def test_the_gtk_tray_menu_starts_stops_and_quits_by_clicking(
-    tmp_path: Path, tiny_bundle: Path, agent_class: type, xserver: dict[str, str]
+def test_the_tray_menu_starts_stops_and_quits_by_clicking(
+    tmp_path: Path, tiny_bundle: Path, agent_class: type, menu_host: tuple
 ) -> None:
     """`captaflow --model DIR --data-dir D` as a streamer starts it: the menu under a right
     click, Start, Stop and Quit pressed with the mouse, a screenshot of each state."""
-    pytest.importorskip("gi", reason="the GTK tray needs PyGObject (pip extra 'tray')")
+    pytest.importorskip("gi", reason="the tray's menu needs PyGObject (pip extra 'tray')")
+    xserver, backend = menu_host
     demo = resources.files("agent") / "data" / "demo_chat.jsonl"
     config = tmp_path / "config.toml"
     config.write_text(
@@ -632,7 +712,9 @@ def test_the_gtk_tray_menu_starts_stops_and_quits_by_clicking(
         try:
             log = data / "logs" / "captaflow.log"
             wait_until(
-                lambda: log.is_file() and "tray backend: gtk" in log.read_text(), 60, "the tray"
+                lambda: log.is_file() and f"tray backend: {backend}" in log.read_text(),
+                60,
+                f"the tray on its {backend} backend",
             )
             wait_until(
                 lambda: (
@@ -645,7 +727,7 @@ def test_the_gtk_tray_menu_starts_stops_and_quits_by_clicking(
                 60,
                 "the grey icon to dock",
             )
-            stopped_menu, rows = open_menu(xserver, tmp_path, "menu-stopped")
+            stopped_menu, rows = open_menu(xserver, tmp_path, f"{backend}-menu-stopped")
             # Start, Stop, 3 status lines, 4 entries (status page, report, folder, settings), Quit
             assert len(rows) >= 8, rows
             start, stop = rows[0], rows[1]
@@ -670,7 +752,7 @@ def test_the_gtk_tray_menu_starts_stops_and_quits_by_clicking(
                 90,
                 "the first reading",
             )
-            running_menu, rows = open_menu(xserver, tmp_path, "menu-running")
+            running_menu, rows = open_menu(xserver, tmp_path, f"{backend}-menu-running")
             assert not rows[0]["enabled"] and rows[1]["enabled"], rows
             assert_whole_icon(running_menu, IconState.RUNNING, "running")
             click(xserver, rows[1])  # Stop
@@ -688,7 +770,7 @@ def test_the_gtk_tray_menu_starts_stops_and_quits_by_clicking(
                 60,
                 "the grey icon again",
             )
-            after_menu, rows = open_menu(xserver, tmp_path, "menu-stopped-again")
+            after_menu, rows = open_menu(xserver, tmp_path, f"{backend}-menu-stopped-again")
             assert rows[0]["enabled"] and not rows[1]["enabled"], rows
             assert_whole_icon(after_menu, IconState.STOPPED, "stopped again")
             click(xserver, rows[-1])  # Quit
@@ -698,7 +780,7 @@ def test_the_gtk_tray_menu_starts_stops_and_quits_by_clicking(
                 tray.kill()
     assert not list((settings.spool.dir / "open").glob("*.open"))
     assert "Traceback" not in out.read_text()
-    save_sheet([stopped_menu, running_menu, after_menu], "tray-gtk-menus.png", tmp_path)
+    save_sheet([stopped_menu, running_menu, after_menu], f"tray-{backend}-menus.png", tmp_path)
 
 
 @pytest.mark.gui
