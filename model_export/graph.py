@@ -12,11 +12,13 @@ padding mask (RoBERTa numbers tokens from padding_idx + 1), the additive attenti
 `(1 - mask) * float32.min`, MatMul + Add projections, attention as
 Reshape/Transpose/MatMul/Div/Add/Softmax, exact (erf) GELU, Add + LayerNormalization, and the
 classification head on the first token (dense, tanh, out_proj). So onnxruntime's transformer
-optimizer (`model_type="bert"`) fuses it the same way (Attention, SkipLayerNormalization,
-BiasGelu); tests compare the fused operator counts and the logits with the PyTorch path.
+optimizer (`model_type="bert"`) fuses it the same way, with its default fusions (Attention,
+SkipLayerNormalization, BiasGelu) and with the export's choices (MultiHeadAttention, Gelu,
+LayerNormalization); tests compare the fused operator counts and the logits with the PyTorch
+path, and `numpy_logits` is a second, independent implementation the export checks against.
 
     config = read_config(hf_dir)
-    build_fp32_onnx(hf_dir, work / "model.onnx")     # + work / "model.onnx.data"
+    build_fp32_onnx(hf_dir, work / "model.fp32.onnx")     # + work / "model.fp32.onnx.data"
 """
 
 from __future__ import annotations

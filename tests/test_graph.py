@@ -210,16 +210,21 @@ def load_tokenizer_without_json(source: Path) -> Tokenizer:
 
 
 def _fused(
-    model_path: Path, config: dict, opt_level: int | None = None
+    model_path: Path, config: dict, opt_level: int | None = None, choices: dict | None = None
 ) -> tuple[dict[str, int], Counter[str]]:
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    options = FusionOptions("bert")
+    for name, value in (choices or {}).items():
+        setattr(options, name, value)
     optimized = optimize_model(
         str(model_path),
         model_type="bert",
         num_heads=config["num_attention_heads"],
         hidden_size=config["hidden_size"],
         opt_level=opt_level,
+        optimization_options=options,
     )
     stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
     return stats, Counter(node.op_type for node in optimized.model.graph.node)
@@ -253,6 +258,16 @@ def test_onnxruntime_fuses_it_like_the_optimum_export(
     )
     assert {op: our_ops[op] for op in compute} == {op: their_ops[op] for op in compute}
     assert set(our_ops) <= set(their_ops)
+    # And with the fusions the export picks (model_export.export.FUSION_CHOICES).
+    from model_export.export import FUSION_CHOICES
+
+    ours, our_ops = _fused(light_onnx, config, opt_level=0, choices=FUSION_CHOICES)
+    theirs, their_ops = _fused(optimum_onnx, config, choices=FUSION_CHOICES)
+    assert ours == theirs
+    assert set(our_ops) <= set(their_ops)
+    assert {op: n for op, n in our_ops.items() if op in ours or op in compute} == {
+        op: n for op, n in their_ops.items() if op in ours or op in compute
+    }
     feeds = _encode(source, TEXTS)
     np.testing.assert_allclose(_run(light_onnx, feeds), _run(optimum_onnx, feeds), atol=1e-5)
 
