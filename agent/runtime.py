@@ -50,6 +50,7 @@ from agent.vocab import (
 if TYPE_CHECKING:
     from agent.previews import ConsolePreviews
     from agent.sync import Uploader
+    from agent.webui import LiveServices
 
 log = logging.getLogger("captaflow.agent")
 
@@ -134,7 +135,7 @@ class Agent:
         self._parts_waiting = 0
         self._disk_problem: str | None = None
         self.stats = RunStats()
-        self.live: Any = None  # agent.webui.LiveServices: live moments, markers, web UI
+        self.live: LiveServices | None = None  # live moments, markers, the web UI
 
     # ---- the interface the tray and the command line use -------------------------------
 
@@ -205,7 +206,12 @@ class Agent:
         if self.live is None:
             from agent.webui import attach
 
-            self.live = attach(self, self.settings)
+            try:
+                self.live = attach(self, self.settings)
+            except OSError as exc:
+                # The live extras are a courtesy: a full disk or a locked folder (the UI's
+                # token file) must not keep the agent from reading chat.
+                log.warning("live moments and the web UI are off: %s", exc)
 
     def _thread_main(self) -> None:
         try:
