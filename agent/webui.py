@@ -725,7 +725,13 @@ def attach(agent: AgentLike, settings: Any) -> LiveServices:
     if port == 0:
         return LiveServices(hub, None, None)
     data_dir = Path(_setting(settings, "data_dir", Path(".")))
-    token = ui_token(data_dir)
+    try:
+        token = ui_token(data_dir)
+    except OSError as exc:
+        # A full or read-only disk must not stop the agent: this run gets a token of its
+        # own (the tray's link, which reads the file, then opens a dashboard without control).
+        log.warning("web UI: cannot keep its token in %s (%s)", data_dir, exc.strerror or exc)
+        token = secrets.token_urlsafe(32)
 
     def report(session_id: str) -> Path:
         from agent.journal import sample_source

@@ -338,3 +338,26 @@ def test_attach_serves_one_ui_per_port_that_follows_the_newest_agent(tmp_path: P
     assert not live.web.alive
     off = attach(FakeAgent(), load_settings(tmp_path / "config.toml", {"ui.port": 0}))
     assert off.web is None and off.dashboard is None
+
+
+def test_a_disk_that_cannot_keep_the_token_does_not_stop_the_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agent.webui as webui
+    from agent.config import load_settings
+
+    def full(data_dir: Path) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(webui, "ui_token", full)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = load_settings(
+        tmp_path / "config.toml", {"data_dir": str(tmp_path / "data"), "ui.port": port}
+    )
+    live = webui.attach(FakeAgent(), settings)
+    try:
+        assert live.web is not None and live.token and len(live.token) >= 40
+    finally:
+        live.close()
