@@ -509,6 +509,7 @@ def test_the_xorg_fallback_docks_keeps_its_size_and_a_left_click_opens_the_repor
         "source.file": str(demo),
         "source.speed": "20",
         "sync.enabled": False,
+        "ui.port": 0,  # no web UI: its port may be taken on a shared machine
     }
     env = dict(xserver, PYSTRAY_BACKEND="xorg")
     errors = tmp_path / "driver.err"
@@ -692,7 +693,8 @@ def test_the_tray_menu_starts_stops_and_quits_by_clicking(
     demo = resources.files("agent") / "data" / "demo_chat.jsonl"
     config = tmp_path / "config.toml"
     config.write_text(
-        f'[source]\nkind = "replay"\nfile = "{demo}"\nspeed = "20"\n', encoding="utf-8"
+        f'[source]\nkind = "replay"\nfile = "{demo}"\nspeed = "20"\n[ui]\nport = 0\n',
+        encoding="utf-8",
     )
     data = tmp_path / "data"
     env = dict(xserver, CAPTAFLOW_NO_KEYRING="1", PYTHONPATH=str(ROOT))
@@ -794,7 +796,8 @@ def test_a_signal_stops_the_tray_cleanly_and_seals(
     demo = resources.files("agent") / "data" / "demo_chat.jsonl"
     config = tmp_path / "config.toml"
     config.write_text(
-        f'[source]\nkind = "replay"\nfile = "{demo}"\nspeed = "20"\n', encoding="utf-8"
+        f'[source]\nkind = "replay"\nfile = "{demo}"\nspeed = "20"\n[ui]\nport = 0\n',
+        encoding="utf-8",
     )
     data = tmp_path / "data"
     env = dict(xserver, CAPTAFLOW_NO_KEYRING="1", PYTHONPATH=str(ROOT))
@@ -930,3 +933,43 @@ def test_the_first_run_download_shows_progress_then_the_model(tmp_path: Path) ->
     lines = info_lines(failing.entries())
     assert lines[-1].startswith("⚠ cannot download the model") and "offline" in lines[-1]
     assert by_action(failing.entries())[Action.DOWNLOAD_MODEL].enabled  # try again
+
+
+@pytest.mark.gui
+def test_ctrl_c_stops_the_menuless_xorg_tray_cleanly(
+    tmp_path: Path, tiny_bundle: Path, agent_class: type, xserver: dict[str, str]
+) -> None:
+    """pystray's X11 loop blocks in Xlib; Ctrl-C must still reach the tray and seal the part."""
+    import signal
+
+    demo = resources.files("agent") / "data" / "demo_chat.jsonl"
+    overrides = {
+        "data_dir": str(tmp_path / "data"),
+        "model.dir": str(tiny_bundle),
+        "source.kind": "replay",
+        "source.file": str(demo),
+        "source.speed": "20",
+        "sync.enabled": False,
+        "ui.port": 0,
+    }
+    env = dict(xserver, PYSTRAY_BACKEND="xorg")
+    with subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(tmp_path / "config.toml"), json.dumps(overrides)],
+        cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    ) as tray:  # fmt: skip
+        assert tray.stdin is not None and tray.stdout is not None
+        try:
+            assert json.loads(tray.stdout.readline())["event"] == "ready"
+            tray.stdin.write("start\n")
+            tray.stdin.flush()
+            assert json.loads(tray.stdout.readline())["event"] == "started"
+            tray.send_signal(signal.SIGINT)
+            rest, errors = tray.communicate(timeout=60)
+        finally:
+            if tray.poll() is None:
+                tray.kill()
+    assert tray.returncode == 0, errors[-3000:]
+    assert '"event": "quit"' in rest and "Traceback" not in errors
+    settings = load_settings(tmp_path / "config.toml", overrides)
+    assert sealed_parts(settings), "Ctrl-C must seal the part"
