@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from agent import __version__
 from agent.errors import CaptaFlowError, UsageError
@@ -36,7 +36,7 @@ PROG = "captaflow"
 class _Parser(argparse.ArgumentParser):
     """argparse, with bad usage reported as one line (exit status 2) like every other error."""
 
-    def error(self, message: str) -> Any:
+    def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
@@ -449,9 +449,9 @@ def _require_model(settings: Settings) -> None:
     model_dir = Path(settings.model.dir)
     if not model_present(model_dir):
         raise CaptaFlowError(
-            f"no model at {model_dir}: export it once with `captaflow export-model` "
-            f"(downloads about 500 MB once, needs internet; takes a few minutes) "
-            f"or pass --model DIR"
+            f"no model at {model_dir}: download the published one with `captaflow model get`, "
+            f"or export it once with `captaflow export-model` (needs internet once), or pass "
+            f"--model DIR"
         )
 
 

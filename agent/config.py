@@ -862,8 +862,9 @@ def setup_problem(settings: Settings, secrets: Mapping[str, str] | None = None) 
         value = source.options.get(spec.name)
         if spec.is_path and value and not Path(value).is_file():
             flag = f"--{spec.name.replace('_', '-')}"
+            what = "is a folder, not a file" if Path(value).is_dir() else "does not exist"
             return (
-                f"the {spec.name} {value} does not exist: check {flag} (or {spec.name} under "
+                f"the {spec.name} {value} {what}: check {flag} (or {spec.name} under "
                 f"[source] in {where})"
             )
     return None

@@ -134,8 +134,8 @@ def _model_lines(model: ModelFacts, running_model: str = "") -> list[str]:
     model and how closely its int8 outputs matched the original at export."""
     if not model.present:
         return [
-            f"model: none at {model.directory}: run `captaflow export-model` once, or pass "
-            f"--model DIR"
+            f"model: none at {model.directory}: run `captaflow model get` (or `captaflow "
+            f"export-model`) once, or pass --model DIR"
         ]
     if model.problem:
         return [

@@ -406,8 +406,8 @@ def test_status_says_when_the_model_is_missing(demo_home: Home) -> None:
     result = demo_home.run("--config", str(demo_home.config), "status", "--model", str(nowhere))
     assert result.returncode == 0, result.stderr
     assert (
-        f"model: none at {nowhere}: run `captaflow export-model` once, or pass --model DIR"
-        in result.stdout.splitlines()
+        f"model: none at {nowhere}: run `captaflow model get` (or `captaflow export-model`) "
+        "once, or pass --model DIR" in result.stdout.splitlines()
     )
 
 
