@@ -268,7 +268,9 @@ def _moderation_fields(
 
 # Writes of one transaction at most: a checkpoint cannot split a transaction, so this keeps
 # every transaction (and so the WAL) small whatever the chat rate.
-TX_MAX_WRITES = 200
+TX_MAX_WRITES = 100
+# Messages deleted per transaction when pruning, for the same reason.
+PRUNE_CHUNK = 100
 # Writes replayed per transaction when the disk has room again.
 REPLAY_CHUNK = 500
 # Messages held in memory at most while the disk is full (about 30-60 MB); beyond that new
@@ -354,7 +356,8 @@ class Journal:
         self._since_upkeep = 0
         self._last_upkeep = time.monotonic()
         self._in_upkeep = False
-        self._warned_bound = False
+        self._warned_bound = -300.0  # monotonic time of the last over-bound warning
+        self._futile_until = 0.0
 
     # ----------------------------------------------------------------- opening
 
@@ -594,8 +597,18 @@ class Journal:
         if self._in_upkeep:
             return
         due = time.monotonic() - self._last_upkeep >= UPKEEP_SECONDS
-        if self._since_upkeep >= UPKEEP_MESSAGES or due:
+        if self._since_upkeep >= UPKEEP_MESSAGES or due or self._over_target():
             self.prune(time.time())
+
+    def _over_target(self) -> bool:
+        # Two cheap pragmas per commit: the bound is kept between two upkeeps too. When the
+        # last prune found nothing it may delete (the scorer is behind), wait a while.
+        if time.monotonic() < self._futile_until:
+            return False
+        try:
+            return self._db_bytes() > self.data_target
+        except sqlite3.Error:
+            return False
 
     def _committed(self, key: str) -> bool:
         try:
@@ -954,7 +967,7 @@ class Journal:
     def data_target(self) -> int:
         """Bytes of live data the journal keeps: its bound less room for the WAL and the
         free pages between two vacuums."""
-        return max(self.max_bytes // 2, self.max_bytes - 2 * wal_budget(self.max_bytes))
+        return max(self.max_bytes // 2, self.max_bytes - 3 * wal_budget(self.max_bytes))
 
     def prune(self, now: float) -> int:
         """Keep the journal within `max_bytes` (database and WAL together).
@@ -989,51 +1002,55 @@ class Journal:
             "SELECT m.rowid FROM messages m LEFT JOIN batches b ON b.batch_id = m.batch_id "
             "WHERE (b.state IN ('written', 'set_aside') OR (m.scorable = 0 AND m.batch_id IS NULL))"
         )
-        deleted = 0
         cutoff = now - self.retention_days * 86400
-        self._conn.execute("BEGIN IMMEDIATE")
-        cursor = self._conn.execute(
-            f"DELETE FROM messages WHERE rowid IN ({prunable} AND m.received_at < ?)",
+        deleted = self._delete_chunks(
+            f"DELETE FROM messages WHERE rowid IN ({prunable} AND m.received_at < ? "
+            "ORDER BY m.rowid LIMIT ?)",
             (cutoff,),
         )
-        deleted += cursor.rowcount
         self._conn.execute("DELETE FROM moderation WHERE at < ?", (cutoff,))
-        self._conn.execute("COMMIT")
         target = self.data_target
         if self._db_bytes() > target:
-            # Down to 80% of the target, in chunks sized from the mean row size.
+            # Down to 80% of the target, oldest first.
             low = int(target * 0.8)
             while self._db_bytes() > low:
-                rows = self._conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
-                if rows == 0:
-                    break
-                used = self._db_bytes()
-                chunk = max(100, int((used - low) / max(1, used / rows)) + 1)
-                self._conn.execute("BEGIN IMMEDIATE")
-                cursor = self._conn.execute(
+                gone = self._delete_chunks(
                     f"DELETE FROM messages WHERE rowid IN ({prunable} ORDER BY m.rowid LIMIT ?)",
-                    (chunk,),
+                    (),
+                    rounds=1,
                 )
-                self._conn.execute("COMMIT")
-                if cursor.rowcount <= 0:
-                    if not self._warned_bound:
+                if gone <= 0:
+                    self._futile_until = time.monotonic() + 5.0
+                    # Said at most every few minutes: the scorer is behind, it passes.
+                    if time.monotonic() - self._warned_bound >= 300:
                         log.warning(
                             "journal %s is over its size bound but holds only messages still "
                             "owed a reading; nothing pruned",
                             self.path,
                         )
-                    self._warned_bound = True
+                        self._warned_bound = time.monotonic()
                     break
-                self._warned_bound = False
-                deleted += cursor.rowcount
+                deleted += gone
         if deleted:
             # Batches whose messages are all gone are no longer needed for anything.
             self._conn.execute(
                 "DELETE FROM batches WHERE state = 'written' AND NOT EXISTS "
                 "(SELECT 1 FROM messages m WHERE m.batch_id = batches.batch_id)"
             )
-            self._conn.execute("PRAGMA incremental_vacuum")
+            # The pragma frees one page per result row: step through all of them.
+            self._conn.execute("PRAGMA incremental_vacuum").fetchall()
         self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return deleted
+
+    def _delete_chunks(self, sql: str, params: tuple[Any, ...], rounds: int = 1 << 30) -> int:
+        """Run a `... LIMIT ?` delete in small transactions (`PRUNE_CHUNK` rows each), so
+        pruning never writes a WAL bigger than its budget; up to `rounds` of them."""
+        deleted = 0
+        for _ in range(rounds):
+            cursor = self._conn.execute(sql, (*params, PRUNE_CHUNK))
+            deleted += max(0, cursor.rowcount)
+            if cursor.rowcount < PRUNE_CHUNK:
+                break
         return deleted
 
     def close(self) -> None:
@@ -1046,6 +1063,10 @@ class Journal:
                     "windowed again only if they reached the journal",
                     self.problem,
                 )
+            else:
+                # Leave the file within its bound: what was confirmed last is prunable now.
+                with contextlib.suppress(JournalError):
+                    self.prune(time.time())
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:

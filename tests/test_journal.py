@@ -59,7 +59,8 @@ def test_session_ids_of_two_journals_started_in_the_same_second_differ(tmp_path:
 def test_a_set_aside_batch_is_no_longer_pending_and_is_listed_with_its_reason(
     path: Path,
 ) -> None:
-    with Journal.open(path) as journal:
+    # (A long retention: the test's messages are dated in the past, and a close prunes.)
+    with Journal.open(path, retention_days=1e6) as journal:
         session, _ = journal.begin_session("twitch", "xqcow", now=T0)
         for i in range(4):
             journal.add(msg(i), session_id=session, scorable=True)
@@ -68,7 +69,7 @@ def test_a_set_aside_batch_is_no_longer_pending_and_is_listed_with_its_reason(
         journal.set_aside("b0", "ValueError: window start and end\nmust be finite", now=T0 + 5)
         journal.set_aside("never-assigned", "could not be written", session_id=session, seq=7)
         assert [p.batch_id for p in journal.pending_batches(session)] == ["b1"]
-    with Journal.open(path) as journal:  # kept across a restart
+    with Journal.open(path, retention_days=1e6) as journal:  # kept across a restart
         first, second = journal.set_aside_batches()
         assert (first.batch_id, first.session_id, first.seq) == ("b0", session, 0)
         assert first.reason == "ValueError: window start and end must be finite"
@@ -113,13 +114,14 @@ def test_duplicates_within_a_session_and_after_reconnect_resend(path: Path) -> N
 
 
 def test_restart_on_the_same_file_counts_nothing_twice(path: Path) -> None:
-    journal = Journal.open(path)
+    # (A long retention: the messages are dated 2025, and a stop prunes what is past it.)
+    journal = Journal.open(path, retention_days=1e6)
     session, _ = journal.begin_session("twitch", "xqcow", now=T0)
     for i in range(100):
         journal.add(msg(i), session_id=session, scorable=i % 10 != 0)
     journal.close()
 
-    journal = Journal.open(path)
+    journal = Journal.open(path, retention_days=1e6)
     resumed_session, resumed = journal.begin_session("twitch", "xqcow", now=T0 + 200)
     assert (resumed_session, resumed) == (session, True)
     # Even under a brand-new session (another day), a known key stays a duplicate.
@@ -307,3 +309,31 @@ def test_wal_mode_and_schema_version(path: Path) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     conn.close()
+
+
+def test_the_bound_covers_database_and_wal_and_an_old_journal_is_compacted(path: Path) -> None:
+    # An old journal without incremental auto-vacuum: pruning would never shrink its file.
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE filler (x)")
+    conn.execute("PRAGMA user_version=1")
+    conn.close()
+    bound = 1 << 20
+    peak = 0
+    with Journal.open(path, retention_days=1e6, max_bytes=bound) as journal:
+        assert journal._conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+        session, _ = journal.begin_session("twitch", "xqcow", now=T0)
+        for start in range(0, 13_000, 10):
+            window = [msg(i, text=f"message {i} " + "x" * 60) for i in range(start, start + 10)]
+            for m in window:
+                journal.add(m, session_id=session, scorable=True)
+            batch = f"{start:08x}"
+            journal.assign(session, batch, start // 10, [m.message_id for m in window])
+            journal.confirm([batch])
+            if start % 200 == 0:
+                peak = max(peak, journal.stats().bytes)
+        kept = journal.stats().messages
+    final = sum(
+        Path(f"{path}{s}").stat().st_size for s in ("", "-wal") if Path(f"{path}{s}").exists()
+    )
+    assert peak <= bound and final <= bound, (peak, final)
+    assert 0 < kept < 13_000
