@@ -148,7 +148,8 @@ def open_uploader(settings: Settings) -> Uploader | None:
     sync = settings.sync
     if not (sync.enabled and sync.bucket):
         return None
-    from agent.sync import S3ObjectStore, Uploader
+    from agent.s3store import S3ObjectStore
+    from agent.sync import Uploader
 
     store = S3ObjectStore(sync.bucket, region=sync.region or None)
     return Uploader(Path(settings.spool.dir), store, sync.prefix, interval=sync.interval_seconds)

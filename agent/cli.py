@@ -631,7 +631,8 @@ def one_shot_failure(failed: str, waiting: int, *, fatal: bool) -> str:
 
 
 def cmd_sync(inv: Invocation) -> int:
-    from agent.sync import S3ObjectStore, Uploader
+    from agent.s3store import S3ObjectStore
+    from agent.sync import Uploader
 
     settings = inv.settings()
     # File only: the uploader's own warnings must not interleave with the progress lines.
@@ -652,6 +653,8 @@ def cmd_sync(inv: Invocation) -> int:
             print(f"uploaded {done}/{total}", file=sys.stderr)
 
     report = uploader.sync_once(progress=progress)
+    for line in report.set_aside:  # parts that failed their checksum: never uploaded
+        print(f"captaflow: {line}", file=sys.stderr)
     if report.failed:
         raise CaptaFlowError(one_shot_failure(report.failed, report.waiting, fatal=report.fatal))
     if report.uploaded:

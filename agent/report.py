@@ -419,7 +419,8 @@ def build_report(
     """
     spool_dir = Path(spool_dir)
     displayed = _check_displayed(displayed)
-    readings = load_readings(spool_dir)
+    scan = scan_spool(spool_dir)
+    readings = scan.readings
     if readings.empty:
         raise ReportError(
             f"no readings in {spool_dir} yet: run `captaflow demo` or "
@@ -441,9 +442,140 @@ def build_report(
         displayed=displayed,
         journal_available=samples is not None,
         max_points=max_points,
-        model_banner=model_banner_html(session, model_labels or {}),
+        model_banner=model_banner_html(session, model_labels or {})
+        + spool_notes_html(scan, spool_dir)
+        + platforms_html(readings, sessions, chosen, displayed),
     )
     return _write_atomically(Path(out), page)
+
+
+def spool_notes_html(scan: SpoolScan, spool_dir: Path) -> str:
+    """What the report left out: parts that failed their checksum (or could not be read) and
+    the parts set aside in corrupt/. Empty when nothing was left out."""
+    if not scan.skipped and not scan.corrupt:
+        return ""
+    items = [f"<li>{_esc(line)}</li>" for line in scan.skipped[:10]]
+    if len(scan.skipped) > 10:
+        items.append(f"<li>… and {len(scan.skipped) - 10} more (see the log)</li>")
+    if scan.corrupt:
+        items.append(
+            f"<li>{scan.corrupt} part(s) set aside in <code>{_esc(spool_dir / 'corrupt')}</code>"
+            " (damaged, never uploaded) are not shown</li>"
+        )
+    return (
+        '<div class="banner warn" role="note" style="background:#fee2e2;color:#991b1b;'
+        'padding:6px 10px;font-size:14px"><b>Some readings are left out of this report.'
+        "</b><ul>" + "".join(items) + "</ul></div>"
+    )
+
+
+def companion_sessions(readings: pd.DataFrame, sessions: pd.DataFrame, chosen: str) -> list[str]:
+    """The sessions of the same multistream as `chosen` (chosen first, then by platform):
+    sessions of other platforms that came through the same bridge (`via`) and overlap it in
+    time. A multistream feed is windowed per platform, so each platform has its own session
+    (pure)."""
+    via = readings.loc[readings["session_id"] == chosen, "via"]
+    bridge = next((str(v) for v in via if str(v)), "")
+    if not bridge:
+        return [chosen]
+    info = sessions.set_index("session_id")
+    start, end = float(info.at[chosen, "start"]), float(info.at[chosen, "end"])
+    found = [chosen]
+    for other, group in readings.groupby("session_id", sort=False):
+        other = str(other)
+        if other == chosen or bridge not in set(group["via"].astype(str)):
+            continue
+        o_start, o_end = float(info.at[other, "start"]), float(info.at[other, "end"])
+        if (
+            o_start <= end
+            and start <= o_end
+            and info.at[other, "platform"] != info.at[chosen, "platform"]
+        ):
+            found.append(other)
+    # The chosen platform first, the others by name: the same order in every report.
+    return [chosen, *sorted(found[1:], key=lambda sid: (str(info.at[sid, "platform"]), sid))]
+
+
+PLATFORM_CHART_BUCKETS = 120
+
+
+def platforms_html(
+    readings: pd.DataFrame, sessions: pd.DataFrame, chosen: str, displayed: Sequence[str]
+) -> str:
+    """A multistream's platforms side by side: one small chart and the means per platform,
+    on one time axis. Empty for a session that is not part of a multistream."""
+    ids = companion_sessions(readings, sessions, chosen)
+    if len(ids) < 2:
+        return ""
+    part = readings[readings["session_id"].isin(ids)]
+    t0 = float(part["window_start"].min())
+    span = max(float(part["window_end"].max()) - t0, 1.0)
+    bucket = span / PLATFORM_CHART_BUCKETS
+    columns = []
+    for session_id in ids:
+        rows = part[part["session_id"] == session_id]
+        platform = str(rows["platform"].iloc[0])
+        weights = rows["scored_count"].to_numpy(dtype=float).clip(min=0)
+        total = max(weights.sum(), 1e-9)
+        means = {
+            label: float((rows[label].to_numpy(dtype=float) * weights).sum() / total)
+            for label in displayed
+        }
+        top = max(displayed, key=lambda label: means[label])
+        columns.append(
+            '<div class="platform">'
+            f"<h3>{_esc(platform)} <small>{_esc(str(rows['channel'].iloc[0]))}</small></h3>"
+            + _platform_svg(rows, displayed, t0, span, bucket)
+            + f'<p class="meta">{len(rows):,} readings · '
+            f"{int(rows['message_count'].sum()):,} messages · mostly {_esc(top)}</p>"
+            + "<table><tbody>"
+            + "".join(
+                f'<tr><td><span class="swatch" style="background:{COLORS[label]}"></span>'
+                f'{_esc(label)}</td><td class="num">{means[label]:.2f}</td></tr>'
+                for label in displayed
+            )
+            + f"</tbody></table><p><small>session <code>{_esc(session_id)}</code></small></p>"
+            "</div>"
+        )
+    bridge = next((str(v) for v in part["via"] if str(v)), "")
+    return (
+        '<section class="platforms"><h2>Platforms side by side</h2>'
+        f'<p class="note">One multistream through {_esc(bridge)}, windowed per platform; the '
+        f"charts share one time axis of {_esc(_duration(span))}.</p>"
+        '<div style="display:flex;gap:16px;flex-wrap:wrap">' + "".join(columns) + "</div>"
+        "</section>"
+    )
+
+
+def _platform_svg(
+    rows: pd.DataFrame, displayed: Sequence[str], t0: float, span: float, bucket: float
+) -> str:
+    width, height = 360.0, 120.0
+    index = ((rows["window_start"].to_numpy(dtype=float) - t0) // bucket).astype(np.int64)
+    weights = rows["scored_count"].to_numpy(dtype=float).clip(min=0)
+    frame = pd.DataFrame({"bucket": index, "weight": weights})
+    for label in displayed:
+        frame[label] = rows[label].to_numpy(dtype=float) * weights
+    sums = frame.groupby("bucket", sort=True).sum()
+    lines = []
+    for label in displayed:
+        points = []
+        for b, row in sums.iterrows():
+            if row["weight"] <= 0:
+                continue
+            x = (float(b) + 0.5) * bucket / span * width
+            y = height - float(row[label] / row["weight"]) * height
+            points.append(f"{x:.1f},{y:.1f}")
+        if points:
+            lines.append(
+                f'<polyline fill="none" stroke="{COLORS[label]}" stroke-width="1.5" '
+                f'points="{" ".join(points)}"/>'
+            )
+    return (
+        f'<svg viewBox="0 0 {width:.0f} {height:.0f}" width="{width:.0f}" height="{height:.0f}" '
+        'role="img" aria-label="emotions over time" style="background:#fafafa;border:1px solid '
+        '#ddd">' + "".join(lines) + "</svg>"
+    )
 
 
 def model_banner_html(session: pd.DataFrame, labels: Mapping[str, str | None]) -> str:

@@ -6,6 +6,7 @@ import json
 import re
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -371,3 +372,51 @@ def test_a_twelve_hour_stream_renders_small(tmp_path: Path) -> None:
     assert all(len(v) == len(data["x"]) for v in data["series"].values())
     assert "43,200 readings" in page
     assert "<b>02:00:00</b>" in table(page, "moments")
+
+
+def test_a_part_that_fails_its_checksum_is_left_out_and_the_report_says_so(
+    tmp_path: Path,
+) -> None:
+    from agent.layout import sha256_hex, write_checksum
+
+    root = tmp_path / "spool"
+    readings = make_readings("stream", count=40, seed=5)
+    good = write_sealed(root, readings[:20], part=1)
+    bad = write_sealed(root, readings[20:], part=2)
+    for path in (good, bad):
+        write_checksum(path, sha256_hex(path.read_bytes()))
+    # One row garbled after sealing, header intact.
+    lines = bad.read_text(encoding="ascii").splitlines(keepends=True)
+    lines[5] = lines[5].replace("0.", "9.", 1)
+    bad.write_text("".join(lines), encoding="ascii")
+    (root / "corrupt").mkdir()
+    (root / "corrupt" / "stream-00009.csv").write_text("junk", encoding="ascii")
+
+    page = build_report(root, out=tmp_path / "r.html").read_text(encoding="utf-8")
+    loaded = load_readings(root)
+    assert sorted(loaded["seq"]) == list(range(20))  # the damaged part's rows are all left out
+    assert "Some readings are left out" in page
+    assert "stream-00002.csv" in page and "recorded when sealed" in page
+    assert "1 part(s) set aside in" in page
+    assert ">20 readings<" in page or "20 readings" in page
+
+
+def test_a_multistream_shows_its_platforms_side_by_side(tmp_path: Path) -> None:
+    root = tmp_path / "spool"
+    # One Streamer.bot feed windowed per platform: a session per platform, same stretch.
+    for n, platform in enumerate(("youtube", "kick", "twitch")):
+        chunk = make_readings(f"multi-{platform}", count=60, seed=10 + n, platform=platform)
+        write_sealed(root, [replace(r, via="streamerbot") for r in chunk])
+    apart = make_readings("other-day", start=T0 + 3 * DAY, count=30, platform="kick")
+    write_sealed(root, [replace(r, via="streamerbot") for r in apart])
+
+    page = build_report(root, session_id="multi-kick", out=tmp_path / "m.html").read_text(
+        encoding="utf-8"
+    )
+    section = page[page.index("Platforms side by side") : page.index("</section>")]
+    headings = re.findall(r"<h3>(\w+) <small>", section)
+    assert headings == ["kick", "twitch", "youtube"]  # the chosen one first, then by name
+    assert "streamerbot" in section and section.count("<svg") == 3
+    assert "other-day" not in section  # another stream, not this one
+    alone = build_report(root, session_id="other-day", out=tmp_path / "o.html")
+    assert "Platforms side by side" not in alone.read_text(encoding="utf-8")
