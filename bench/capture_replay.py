@@ -53,7 +53,15 @@ class ReplayRow:
     lag_max: float
     cpu_percent: float
     wall_seconds: float
+    cpu_seconds: float
+    scored: int
+    load: str
     error: str = ""
+
+    @property
+    def capacity(self) -> float:
+        """Scored messages per CPU second of the agent: what one free core would sustain."""
+        return self.scored / self.cpu_seconds if self.cpu_seconds else 0.0
 
     def cells(self) -> list[str]:
         return [
@@ -63,7 +71,9 @@ class ReplayRow:
             f"{self.scored_share:.1%}",
             f"{self.lag_p50:.2f} / {self.lag_p99:.2f} (max {self.lag_max:.2f})",
             f"{self.cpu_percent:.0f}%",
+            f"{self.capacity:.0f}",
             f"{self.wall_seconds:.0f}",
+            self.load,
         ]
 
 
@@ -74,7 +84,9 @@ HEADER = [
     "scored (not sampled)",
     "lag p50 / p99 s",
     "CPU (one core)",
+    "scored msg per agent CPU s",
     "wall s",
+    "load avg (1 min) before / after",
 ]
 
 
@@ -127,6 +139,7 @@ def replay_capture(
             counts[0] += int(reading.message_count)
             counts[1] += int(reading.scored_count)
 
+    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     with _delivery_log() as delivered:
         agent = Agent(settings)
         agent.on_reading.append(on_reading)
@@ -145,6 +158,9 @@ def replay_capture(
         lag_max=float(max(lags)) if lags else float("nan"),
         cpu_percent=100.0 * cpu / wall if wall else 0.0,
         wall_seconds=wall,
+        cpu_seconds=cpu,
+        scored=counts[1],
+        load=f"{load0:.1f} / {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "-",
         error=error,
     )
 

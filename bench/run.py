@@ -760,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
         "export's own parity check (same texts, same tolerance) is the truth"
     )
     emit()
-    fid_rows = []
+    fid_rows: list[list[str]] = []
     for name, manifest in (("today's recipe (f)", stand_in), ("earlier recipe (e)", plain)):
         fig = manifest.parity_figures
         q = manifest.quantization_settings
@@ -783,6 +783,12 @@ def main(argv: list[str] | None = None) -> int:
     ):
         emit(line)
     emit()
+    tops = stand_in.parity.get("reference_top_emotions")
+    if tops:
+        emit(
+            f"- top displayed emotion of the fp32 stand-in over the 360 texts: {tops} (the "
+            "agreement figure is only as telling as this spread)"
+        )
     fig = stand_in.parity_figures
     stand_mean = fig.mean_abs_diff if fig else float("nan")
     if fig is not None:
@@ -834,6 +840,12 @@ def main(argv: list[str] | None = None) -> int:
         for row in replay_results:
             if row.error:
                 emit(f"- {row.speed:g}x: the agent stopped with {row.error}")
+        emit(
+            "- the replay runs in wall time on a machine shared with other jobs: when the agent "
+            "gets less than a core, it samples windows to stay within max_lag_seconds (5 s), "
+            "by design. 'scored msg per agent CPU s' is what it scored per second of CPU it "
+            "actually got, i.e. what one free core sustains"
+        )
         ten = next((r for r in replay_results if r.speed == 10.0), None)
         if ten is not None:
             full = ten.scored_share >= 0.999

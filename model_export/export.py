@@ -45,7 +45,7 @@ from agent.bundle import (
     publish_bundle,
 )
 from agent.errors import CaptaFlowError, ExportError
-from agent.vocab import LABELS, MODEL_ID
+from agent.vocab import DEFAULT_DISPLAYED, LABELS, MODEL_ID
 from model_export.parity import (
     REAL_MODEL_TOLERANCE,
     ParityTolerance,
@@ -1134,8 +1134,13 @@ def _parity(
             f"top emotion {int8.top_label_agreement:.1%}): the bundle is not published; "
             f"report this with --debug output"
         )
+    # How often each displayed emotion is on top in the reference: agreement means little
+    # when one label is on top of nearly every text.
+    shown = [LABELS.index(label) for label in DEFAULT_DISPLAYED]
+    tops = Counter(DEFAULT_DISPLAYED[i] for i in np.argmax(reference[:, shown], axis=1))
     return {
         **int8.to_json(),
+        "reference_top_emotions": dict(tops.most_common()),
         "fp32_onnx_max_abs_diff": round(pre.max_abs_diff, 8),
         **extra,
         "tolerance": tolerance.to_json(),
