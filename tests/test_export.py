@@ -443,6 +443,9 @@ def test_hub_failures_become_one_line_that_says_what_to_do(kind: str, expected: 
     [
         ["--tiny", "--model-id", "someone/model"],
         ["--tiny", "--random-base"],
+        ["--stand-in", "--tiny"],
+        ["--stand-in", "--model-id", "someone/model"],
+        ["--small", "--tiny"],
         ["--max-length", "many"],
         ["--threads", "0", "--tiny"],
     ],
