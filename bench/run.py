@@ -602,7 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     emit(
         f"- model size: int8 ONNX {int8_mb:.1f} MB vs fp32 safetensors {fp32_mb:.1f} MB "
-        f"({fp32_mb / int8_mb:.2f}x smaller; the word embeddings are float16, not int8); the earlier recipe's: "
+        f"({fp32_mb / int8_mb:.2f}x smaller; the word embeddings are float16, not int8); "
+        f"the earlier recipe's: "
         f"{load_bundle(models.stand_in_plain).model_path.stat().st_size / 1e6:.1f} MB"
     )
     emit(f"- load average at start: {load_before} (other jobs share the machine: noisy)")
@@ -811,7 +812,8 @@ def main(argv: list[str] | None = None) -> int:
         emit(
             f"- outliers handled at export: {len(sites)} LayerNorm outputs migrated (largest "
             f"channel / median channel up to {before:.0f} before, {after:.1f} after); head "
-            f"({len(stand_in.quantization['outliers']['fp32_nodes'])} nodes) and embeddings fp32"
+            f"({len(stand_in.quantization['outliers']['fp32_nodes'])} nodes) fp32, embedding "
+            f"look-ups not int8 (word embeddings stored as float16)"
         )
     emit()
 
