@@ -914,9 +914,14 @@ def write_default_config(path: Path) -> Path:
         return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp")
+        # One temporary name per process: the tray and a command started at the same first
+        # run must not write into each other's half-written file.
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         temporary.write_text(default_config_text(), encoding="utf-8")
-        os.replace(temporary, path)
+        if path.exists():  # the other one was first: its file (the same text) stays
+            temporary.unlink()
+        else:
+            os.replace(temporary, path)
     except OSError as error:
         raise SettingsError(
             f"cannot create the settings file {path}: {error.strerror}; pass --config with a "

@@ -475,3 +475,16 @@ def test_the_readmes_ws_example_loads_as_it_says(config: Path) -> None:
     assert settings.source.mapping["platform"] == "=youtube"
     [inline] = re.findall(r"`(mapping = \{[^`]*\})`", section)
     assert load(config, f"[source]\n{inline}\n").source.mapping["where"] == "type=chat"
+
+
+def test_every_settings_example_in_the_readme_loads(config: Path) -> None:
+    # Any section may show settings (the platforms, the configuration); each block must be
+    # accepted as written, or a user copying it gets an error for following the manual.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```toml\n(.*?)```", readme, flags=re.S)
+    assert blocks
+    for block in blocks:
+        try:
+            load(config, block)
+        except SettingsError as error:  # pragma: no cover - the message says which
+            pytest.fail(f"README example refused: {error}\n{block}")
