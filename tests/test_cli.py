@@ -690,3 +690,50 @@ def test_the_bare_command_passes_every_common_flag_to_the_tray(home: Home) -> No
     }  # fmt: skip
     assert seen["given"] == expected
     assert seen["on_start"] == expected, "a Start must keep the command line's flags"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal is POSIX")
+@pytest.mark.timeout(60)
+def test_secrets_set_on_a_terminal_asks_without_echo(home: Home) -> None:
+    import pty
+    import select
+    import warnings
+
+    secret = "typed-not-shown-4711"
+    command = [sys.executable, "-m", "agent", "--data-dir", str(home.data), "secrets", "set",
+               "twitch_token"]  # fmt: skip
+    env = home.env(keyring_env(home))
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about fork() in a threaded process; the child only execs.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid, terminal = pty.fork()
+    if pid == 0:  # the child: a process whose controlling terminal is the pty, as in a shell
+        os.chdir(home.root)
+        os.execve(sys.executable, command, env)
+    seen = b""
+
+    def read_until(wanted: bytes) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 30
+        while wanted not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([terminal], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(terminal, 4096)
+                except OSError:  # the child closed the terminal
+                    return
+                if not chunk:
+                    return
+                seen += chunk
+
+    read_until(b"typing is not shown): ")
+    assert b"twitch_token (" in seen, seen
+    os.write(terminal, secret.encode() + b"\n")
+    read_until(b"still wins")
+    _, status = os.waitpid(pid, 0)
+    os.close(terminal)
+    assert os.waitstatus_to_exitcode(status) == 0, seen
+    assert secret.encode() not in seen, "the secret was echoed to the terminal"
+    assert b"stored twitch_token in the OS keyring" in seen
+    stored = json.loads((home.root / "keyring.json").read_text(encoding="utf-8"))
+    assert stored == {"CaptaFlow/twitch_token": secret}
