@@ -12,8 +12,9 @@ if sys.platform == "win32":
 elif sys.platform == "darwin":
     hiddenimports = ["pystray._darwin"]
 else:
-    # xorg works everywhere X does (and under XWayland); appindicator/gtk are used when
-    # their libraries are present on the user's desktop.
+    # agent/tray.py picks one at run time: appindicator where a StatusNotifier host runs,
+    # gtk in an XEmbed tray (both need PyGObject, which the Linux build carries along with
+    # GTK), xorg without them (works everywhere X does, and under XWayland; no menu).
     hiddenimports = [
         "pystray._xorg",
         "pystray._appindicator",
