@@ -15,7 +15,13 @@ Two formats, detected line by line (a file may even mix them), plain or gzip-com
 * **Raw Twitch IRC**, one line as the server sent it (the `.irc` captures of Twitch chat
   libraries): PRIVMSG and USERNOTICE with text become messages, CLEARCHAT/CLEARMSG go to
   `on_moderation`, everything else (PING, JOIN, ROOMSTATE...) is skipped. Parsed with
-  `agent.sources.irc`. The author is the sender's login, as in every source.
+  `agent.sources.irc`, keyed as the live Twitch source keys it (`irc.chat_message`:
+  `author` the user id, `author_name` the login), so moderation and a live run agree.
+
+Recorded values are checked as they enter (`agent.sources.entry`): a time before 2005 or more
+than a day ahead of the clock is replaced by the last good time of the file and counted in
+`status().times_replaced`; text is cut at 2,000 characters; a JSON line is parsed with a depth
+and size bound; a channel that is not a valid name falls back to the `channel` argument.
 
 Speed: `None` ("max") yields as fast as the consumer takes them; a factor `f` sleeps the
 recorded gaps divided by `f` (1 = as recorded), measured against the first message and the
