@@ -578,8 +578,8 @@ def cmd_score(inv: Invocation) -> int:
             else:
                 top = dominant_label(values, displayed)
                 # The line and its "  → dominant" together fit the terminal (app's previews).
-                width = terminal_width() - len(top) - 4
-                print(f"{format_message_line(text, values, displayed, width)}  → {top}")
+                width = terminal_width() - max(len(label) for label in displayed) - 3
+                print(f"{format_message_line(text, values, displayed, width, pad=True)} → {top}")
     return 0
 
 

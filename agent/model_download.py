@@ -201,6 +201,8 @@ def fetch_resumable(
             if not _is_network_failure(error):
                 raise
             last_error = error
+            if attempt >= 1 and not (part.exists() and part.stat().st_size):
+                break  # twice no connection at all: offline, say so now instead of waiting
     assert last_error is not None
     if part.exists() and part.stat().st_size:
         raise ModelDownloadError(

@@ -95,7 +95,12 @@ def _ranked(scores: Sequence[float], displayed: Sequence[str]) -> list[tuple[str
 
 
 def format_message_line(
-    text: str, scores: Sequence[float], displayed: Sequence[str], width: int = DEFAULT_WIDTH
+    text: str,
+    scores: Sequence[float],
+    displayed: Sequence[str],
+    width: int = DEFAULT_WIDTH,
+    *,
+    pad: bool = False,
 ) -> str:
     """`PogU what a play        │ 0.81 joy       0.44 surprise  0.30 optimism` in `width` cells.
 
@@ -106,7 +111,7 @@ def format_message_line(
     column = max(len(label) for label in displayed) + 5  # "surprise 0.44"
     fits = max(1, min(len(ranked), (width - 3 - MIN_TEXT + 2) // (column + 2)))
     tail = "  ".join(f"{value:.2f} {label}".ljust(column) for label, value in ranked[:fits])
-    tail = tail.rstrip()
+    tail = tail if pad else tail.rstrip()  # pad: something follows the line (score's →)
     text_cells = max(8, width - 3 - ((column + 2) * fits - 2))
     return f"{fit(text, text_cells)} │ {tail}"
 
