@@ -406,3 +406,31 @@ def test_json_numbers_nesting_and_sizes_cost_one_frame_or_one_time_never_the_lin
     status = source.status()
     assert status.times_replaced == 3 and status.frames_skipped == 2
     assert source.stats["connects"] == 1  # one link throughout
+
+
+def test_twitch_token_revoked_mid_stream_is_seen_by_the_periodic_check() -> None:
+    info = {"login": "mybot", "scopes": ["chat:read"], "expires_in": 3600}
+    with (
+        FakeTwitchValidate({TOKEN: info}) as validate,
+        FakeTwitchIrc("streamer", [irc_privmsg(1, "hello")], tokens={TOKEN: "mybot"}) as irc,
+    ):
+        source = TwitchSource(
+            "streamer",
+            server_url=irc.url,
+            token=TOKEN,
+            validate_url=validate.url,
+            delays=fast(),
+            revalidate_every=0.3,
+        )
+
+        async def main() -> list[ChatMessage]:
+            consumer = asyncio.create_task(read(source, 2, timeout=20))
+            await until(lambda: source.stats["messages"] >= 1)
+            validate.tokens.clear()  # the streamer revoked the token on twitch.tv
+            return await consumer
+
+        got = asyncio.run(main())
+    assert [m.message_id for m in got] == ["msg-1", "msg-1"]  # resent on the new link
+    assert f"PASS oauth:{TOKEN}" in irc.received[0]
+    assert not any(line.startswith("PASS") for line in irc.received[1])
+    assert "expired or revoked" in source.status().problem

@@ -211,8 +211,10 @@ class WebSocketLink:
     """Connects, reads, keeps alive and reconnects for one source; see the module doc.
 
     `new_session()` is called for each connection. `prepare()` (optional) runs before each
-    connection attempt (Twitch checks its token there). `url_for_log` is what status lines
-    and logs show instead of the URL (a URL may hold a secret)."""
+    connection attempt (Twitch checks its token there); `periodic()` (optional) every
+    `periodic_interval` seconds while a link is up, and a reason it returns reconnects now.
+    `url_for_log` is what status lines and logs show instead of the URL (a URL may hold a
+    secret)."""
 
     def __init__(
         self,
@@ -225,6 +227,8 @@ class WebSocketLink:
         on_moderation: ModerationCallback | None = None,
         on_event: Callable[[Any], None] | None = None,
         prepare: Callable[[], Awaitable[None]] | None = None,
+        periodic: Callable[[], Awaitable[str | None]] | None = None,
+        periodic_interval: float = 3600.0,
         refused_hint: str = "",
         url_for_log: str | None = None,
         max_size: int = 1 << 20,
@@ -247,6 +251,8 @@ class WebSocketLink:
         self._on_moderation = on_moderation
         self._on_event = on_event
         self._prepare = prepare
+        self._periodic = periodic
+        self._periodic_interval = periodic_interval
         self._refused_hint = refused_hint
         self._max_size = max_size
         self._open_timeout = open_timeout
@@ -402,6 +408,9 @@ class WebSocketLink:
         queue: asyncio.Queue[ChatMessage | _EndOfLink] = asyncio.Queue(self._queue_size)
         reader = asyncio.create_task(self._read(ws, session, queue, outcome))
         ticker = asyncio.create_task(self._tick(ws, session, queue, outcome))
+        helpers = [ticker]
+        if self._periodic is not None:
+            helpers.append(asyncio.create_task(self._every(ws, outcome)))
         try:
             while True:
                 item = await queue.get()
@@ -409,9 +418,9 @@ class WebSocketLink:
                     break
                 yield item
         finally:
-            ticker.cancel()
-            reader.cancel()
-            await asyncio.gather(ticker, reader, return_exceptions=True)
+            for task in (*helpers, reader):
+                task.cancel()
+            await asyncio.gather(*helpers, reader, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await ws.close()
             self._ws = None
@@ -532,6 +541,20 @@ class WebSocketLink:
                 return  # the reader says why
             await self._dispatch(session, queue, outcome)
             if self._ended(outcome):
+                with contextlib.suppress(Exception):
+                    await ws.close()
+                return
+
+    async def _every(self, ws: ClientConnection, outcome: _Outcome) -> None:
+        """The source's periodic check while a link is up (Twitch: its token, hourly); a
+        reason back means "reconnect now" (the source has changed how it logs in)."""
+        assert self._periodic is not None
+        while True:
+            await asyncio.sleep(self._periodic_interval)
+            reason = await self._periodic()
+            if reason and outcome.reason is None:
+                outcome.reason = reason
+                outcome.at_once = True
                 with contextlib.suppress(Exception):
                     await ws.close()
                 return

@@ -14,7 +14,9 @@ module adapts one to the other (`TwitchSession`) and handles the token:
   access token"}`). The login is `source.login` when set, else the token's;
 * an expired or revoked token (401 there, or "Login authentication failed" from the chat
   server) is one clear line in `status().problem`, and the source goes on reading the same
-  channel anonymously rather than stopping. A token without the `chat:read` scope too.
+  channel anonymously rather than stopping. A token without the `chat:read` scope too. The
+  token is checked again every hour while connected, as Twitch asks of apps, so a token
+  revoked mid-stream is noticed too.
 
 Failures of the link (unreachable, dropped, close 1009/1007, keepalive timeouts) are retried
 by the shell; Twitch's RECONNECT reconnects at once; a suspended channel stops the source.
@@ -263,6 +265,7 @@ class TwitchSource:
         tick_interval: float = 1.0,
         open_timeout: float = 10.0,
         queue_size: int = 10_000,
+        revalidate_every: float = 3600.0,
     ) -> None:
         try:
             self.channel = validate_name(channel, "Twitch channel")
@@ -294,6 +297,9 @@ class TwitchSource:
             on_status=on_status,
             on_moderation=on_moderation,
             prepare=self._check_token,
+            # Twitch asks apps to validate a token hourly: a token revoked mid-stream is seen.
+            periodic=self._recheck_token,
+            periodic_interval=revalidate_every,
             max_size=max_frame_bytes,
             open_timeout=open_timeout,
             ping_interval=None,  # our IRC-level keepalive watches the chat itself
@@ -364,6 +370,19 @@ class TwitchSource:
             say_expiry(answer.expires_in),
         )
         self.link.set_problem("")
+
+    async def _recheck_token(self) -> str | None:
+        """The hourly check (https://dev.twitch.tv/docs/authentication/validate-tokens/);
+        a refused token ends this link so the next one reads anonymously."""
+        if self._token is None:
+            return None
+        answer = await validate_token(self._validate_url, self._token)
+        if isinstance(answer, TokenRefused):
+            self._read_anonymously(f"the Twitch token is expired or revoked ({answer.reason})")
+            return "the Twitch token stopped working"
+        if isinstance(answer, TokenInfo):
+            self.token_info = answer
+        return None
 
     def _token_refused(self, reason: str) -> None:
         self._read_anonymously(f"Twitch refused the token ({reason})")
