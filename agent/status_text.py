@@ -168,6 +168,19 @@ def _sync_line(facts: StatusFacts, upload_state: str) -> str:
     return f"sync: to {target}" + (f", {upload_state}" if upload_state else "")
 
 
+def _checked_at_entry(source: Mapping[str, str]) -> str | None:
+    """What the source could not use as sent (agent.sources.entry), when there was any."""
+    parts = []
+    for key, what in (
+        ("times_replaced", "message times replaced by the receive time"),
+        ("frames_skipped", "unusable frames skipped"),
+    ):
+        count = str(source.get(key, "0"))
+        if count.isdigit() and int(count):
+            parts.append(f"{count} {what}")
+    return "checked at entry: " + ", ".join(parts) if parts else None
+
+
 def status_lines(facts: StatusFacts) -> list[str]:
     """The lines `captaflow status` prints, in order."""
     record = facts.record
@@ -191,6 +204,9 @@ def status_lines(facts: StatusFacts) -> list[str]:
             )
             if link:
                 lines.append(f"source: {link}")
+            checked = _checked_at_entry(live.source)
+            if checked:
+                lines.append(checked)
             session = _session_line(live)
             if session:
                 lines.append(f"session: {session}")

@@ -83,6 +83,7 @@ def run_agent(
     env: dict[str, str],
     messages: int = 0,
     until: Callable[[dict[str, Any]], bool] | None = None,
+    while_running: Callable[[], None] | None = None,
 ) -> Run:
     """`captaflow run` until `messages` chat messages are in (or `until(status.json)`), then
     Ctrl-C (it seals)."""
@@ -112,6 +113,8 @@ def run_agent(
     try:
         wait_for(lambda: proc.poll() is not None or done(status()), 120)
         time.sleep(0.5)  # the last messages into windows before the stop
+        if while_running is not None and proc.poll() is None:
+            while_running()
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=90)
@@ -371,10 +374,33 @@ def test_generic_ws_mapping_and_hostile_frames_through_the_cli(
     bucket = new_bucket(s3_server)
     with Feed("", []) as feed:
         config = config_for("ws", feed.url, bucket).replace("\n[window]", f"{mapping}\n[window]")
-        run = run_agent(tmp_path, tiny_bundle, config, dict(s3_server), messages=6)
+        shown: list[str] = []
+
+        def status_command() -> None:
+            result = subprocess.run(
+                [sys.executable, "-m", "agent", "status"], env=environment(tmp_path, {}),
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            shown.append(result.stdout)
+
+        run = run_agent(
+            tmp_path,
+            tiny_bundle,
+            config,
+            dict(s3_server),
+            until=lambda snapshot: (
+                snapshot.get("messages_total", 0) >= 6
+                and (snapshot.get("source") or {}).get("frames_skipped") == "2"
+            ),
+            while_running=status_command,
+        )
     assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr and "RecursionError" not in log_text(tmp_path)
     assert by_platform(run.readings, "message_count") == {"youtube": 6}
     assert {getattr(r, "via", "ws") for r in run.readings} == {"ws"}
     source = run.status.get("source") or {}  # the status file after the stop
     assert source.get("times_replaced") == "2" and source.get("frames_skipped") == "2", source
+    assert (
+        "checked at entry: 2 message times replaced by the receive time, 2 unusable frames "
+        "skipped" in shown[0]
+    ), shown
