@@ -434,3 +434,24 @@ def test_twitch_token_revoked_mid_stream_is_seen_by_the_periodic_check() -> None
     assert f"PASS oauth:{TOKEN}" in irc.received[0]
     assert not any(line.startswith("PASS") for line in irc.received[1])
     assert "expired or revoked" in source.status().problem
+
+
+def test_ssn_relay_timing_links_out_never_grows_the_wait() -> None:
+    """The relay "will timeout every minute or so" (README "Websocket API"): a link that was
+    up long enough ends without growing the backoff, and the join is sent again each time."""
+
+    class TimingOut(FakeSsnRelay):
+        async def handle(self, ws: Any, n: int) -> None:
+            self.joins.append(("message", json.loads(await ws.recv())))
+            await ws.send(json.dumps(ssn_row(n, f"row {n}")))
+            await asyncio.sleep(0.3)
+            await ws.close()
+
+    statuses: list[SourceStatus] = []
+    with TimingOut(SESSION, []) as relay:
+        source = ssn_source(relay.url, SESSION, on_status=statuses.append, stable_after=0.2)
+        got = asyncio.run(read(source, 4))
+    assert [m.text for m in got] == ["row 1", "row 2", "row 3", "row 4"]
+    waits = [s.retry_in for s in statuses if s.state is SourceState.RECONNECTING]
+    assert waits[:3] == [0.05, 0.05, 0.05]
+    assert relay.joins == [("message", {"join": SESSION, "in": 4})] * len(relay.joins)

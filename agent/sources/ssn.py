@@ -242,6 +242,9 @@ class SocialStreamSource:
         self.url = url
         self.channel = safe_channel(channel, "socialstream")
         in_channel = _in_channel(url)
+        # The relay times idle links out "every minute or so" (README, "Websocket API"): a
+        # link that lasted 10 s was a good one, so its end never grows the backoff.
+        link_options.setdefault("stable_after", 10.0)
         self.link = WebSocketLink(
             name="ssn",
             title="Social Stream Ninja",
