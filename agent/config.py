@@ -354,7 +354,8 @@ class SourceSettings:
             for spec in descriptor(kind or self.kind).settings
         }
 
-    # Typed views of the options that code outside the sources reads by name.
+    # Typed views of the replay options, for code outside the sources that shows a replay's
+    # progress (the previews); the sources themselves read `options`.
     @property
     def file(self) -> Path | None:
         raw = self.options.get("file")
@@ -364,15 +365,6 @@ class SourceSettings:
     def speed(self) -> float | str:
         value = self.options.get("speed", 1.0)
         return value if isinstance(value, float | str) else 1.0
-
-    @property
-    def login(self) -> str:
-        return str(self.options.get("login") or "")
-
-    @property
-    def mapping(self) -> Mapping[str, str]:
-        """The generic `ws` source's field mapping (its keys as written; empty = defaults)."""
-        return MappingProxyType(dict(self.options.get("mapping") or {}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,19 +441,6 @@ class TwitchSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class Secrets:
-    """Secrets found in the environment or the keyring; `repr` never shows them."""
-
-    twitch_token: str | None = field(default=None, repr=False)
-    streamerbot_password: str | None = field(default=None, repr=False)
-    ssn_session: str | None = field(default=None, repr=False)
-    aws_access_key_id: str | None = field(default=None, repr=False)
-    aws_secret_access_key: str | None = field(default=None, repr=False)
-    aws_session_token: str | None = field(default=None, repr=False)
-    found_in: Mapping[str, str] = field(default_factory=dict)  # name -> "environment"/"keyring"
-
-
-@dataclass(frozen=True, slots=True)
 class Settings:
     paths: Locations
     source: SourceSettings
@@ -499,13 +478,16 @@ class Settings:
     def reports_dir(self) -> Path:
         return self.paths.reports_dir
 
-    def secrets(self, env: Mapping[str, str] | None = None) -> Secrets:
-        """Read the secrets now (environment first, then the OS keyring)."""
-        return load_secrets(env)
-
     def redacted(self) -> dict[str, Any]:
         """Everything, as plain data fit for a log line; holds no secret by construction."""
-        secrets = load_secrets(use_keyring=False)
+        from agent.secrets import NO_KEYRING_ENV, list_secrets
+
+        # Which secrets the environment holds (names only); the keyring is not asked here.
+        in_environment = [
+            state.name
+            for state in list_secrets({**os.environ, NO_KEYRING_ENV: "1"})
+            if state.where == "environment"
+        ]
         return {
             "config_file": str(self.paths.config_file),
             "data_dir": str(self.paths.data_dir),
@@ -526,7 +508,7 @@ class Settings:
                     "twitch",
                 )
             },
-            "secrets_in_environment": sorted(secrets.found_in),
+            "secrets_in_environment": sorted(in_environment),
         }
 
 
@@ -928,29 +910,3 @@ def write_default_config(path: Path) -> Path:
             f"writable place"
         ) from None
     return path
-
-
-# ---------------------------------------------------------------------------------------------
-# Secrets.
-
-
-def load_secrets(env: Mapping[str, str] | None = None, *, use_keyring: bool = True) -> Secrets:
-    """Each secret from the environment, else from the OS keyring; None where neither has it.
-
-    The reading is `agent.secrets`' (one rule for every secret), which also registers each
-    value found with the log filter, so it is masked in every log record.
-    """
-    from agent.secrets import NO_KEYRING_ENV, known_secrets, read_secret
-
-    environ = dict(os.environ if env is None else env)
-    if not use_keyring:
-        environ[NO_KEYRING_ENV] = "1"
-    names = [name for name in Secrets.__dataclass_fields__ if name != "found_in"]
-    specs = {spec.keyring: spec for spec in known_secrets() if spec.keyring in names}
-    values: dict[str, str | None] = {}
-    found: dict[str, str] = {}
-    for name, spec in specs.items():
-        values[name] = read_secret(spec, environ)
-        if values[name] is not None:
-            found[name] = "environment" if environ.get(spec.env, "").strip() else "keyring"
-    return Secrets(**values, found_in=found)

@@ -12,10 +12,8 @@ import pytest
 
 from agent import logs
 from agent.config import (
-    Secrets,
     default_config_text,
     describe_settings,
-    load_secrets,
     load_settings,
     setup_problem,
     write_default_config,
@@ -60,7 +58,7 @@ def test_missing_file_gives_defaults_rooted_in_the_data_dir(config: Path) -> Non
     assert settings.display.emotions == DEFAULT_DISPLAYED
     assert settings.sync.prefix == "captaflow" and settings.sync.enabled
     assert settings.source.kind == "twitch" and settings.source.server_url == ""
-    assert dict(settings.source.mapping) == {}  # the ws source's own defaults apply
+    assert settings.source.options["mapping"] == {}  # the ws source's own defaults apply
     assert settings.source.options_of("replay") == {"file": "", "speed": 1.0}
     assert not config.exists(), "loading must not write unless asked"
 
@@ -137,10 +135,10 @@ prefix = "/streams/captaflow/"
     assert settings.source.kind == "replay"
     assert settings.source.channel == "xqcow"
     # Relative paths in the file are relative to the file, not to wherever the app started.
-    assert settings.source.file == config.parent / "chats" / "demo.jsonl"
-    assert settings.source.speed == 4.0
-    assert settings.source.mapping["text"] == "data.message.text"
-    assert "id" not in settings.source.mapping
+    assert settings.source.options["file"] == str(config.parent / "chats" / "demo.jsonl")
+    assert settings.source.options["speed"] == 4.0
+    assert settings.source.options["mapping"]["text"] == "data.message.text"
+    assert "id" not in settings.source.options["mapping"]
     assert settings.source.options["file"] == str(config.parent / "chats" / "demo.jsonl")
     assert settings.audience.bots == ("mybot", "otherbot")
     assert settings.display.emotions == ("anger", "joy", "surprise")  # the model's order
@@ -151,7 +149,7 @@ prefix = "/streams/captaflow/"
 
 @pytest.mark.parametrize(("raw", "expected"), [('"recorded"', 1.0), ('"max"', "max"), ("10", 10.0)])
 def test_replay_speed(config: Path, raw: str, expected: object) -> None:
-    assert load(config, f"[source]\nspeed = {raw}\n").source.speed == expected
+    assert load(config, f"[source]\nspeed = {raw}\n").source.options["speed"] == expected
 
 
 def test_a_bad_value_names_key_value_file_and_expectation(config: Path) -> None:
@@ -273,7 +271,7 @@ def test_command_line_overrides_win_and_are_coerced(
     assert settings.sync.enabled is False
     assert settings.display.emotions == ("anger", "joy")
     assert settings.model.dir == tmp_path / "models" / "tiny"  # relative to the cwd
-    assert settings.source.file is None
+    assert settings.source.options["file"] == ""
 
 
 def test_a_bad_override_says_it_came_from_the_command_line(config: Path) -> None:
@@ -323,30 +321,37 @@ def test_secrets_in_the_file_are_refused_with_where_they_belong(
 
 
 def test_secrets_come_from_the_environment_and_stay_out_of_sight(config: Path) -> None:
+    from agent.secrets import find_secret, read_secret
+
     env = {
         "CAPTAFLOW_TWITCH_TOKEN": "oauth:s3cr3tt0ken",
         "AWS_SECRET_ACCESS_KEY": "abcdEFGH",
         "CAPTAFLOW_NO_KEYRING": "1",
     }
-    secrets = load_secrets(env)
-    assert secrets.twitch_token == "oauth:s3cr3tt0ken"
-    assert secrets.aws_secret_access_key == "abcdEFGH"
-    assert secrets.aws_access_key_id is None
-    assert secrets.found_in == {
-        "twitch_token": "environment",
-        "aws_secret_access_key": "environment",
-    }
-    assert "s3cr3t" not in repr(secrets) and "abcdEFGH" not in repr(secrets)
-    # Once loaded, the values are masked in any log text, wherever they appear.
+    assert read_secret(find_secret("twitch_token"), env) == "oauth:s3cr3tt0ken"
+    assert read_secret(find_secret("aws_secret_access_key"), env) == "abcdEFGH"
+    assert read_secret(find_secret("aws_access_key_id"), env) is None
+    # Once read, the values are masked in any log text, wherever they appear.
     assert "s3cr3t" not in logs.mask_secrets("joining with s3cr3tt0ken now")
     assert "abcdEFGH" not in logs.mask_secrets("key=abcdEFGH")
     settings = load(config)
     assert "s3cr3t" not in str(settings.redacted()) and "s3cr3t" not in repr(settings)
 
 
+def test_the_settings_hold_no_secret_and_say_only_which_are_in_the_environment(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAPTAFLOW_SSN_SESSION", "session-s3cr3t")
+    redacted = load(config).redacted()
+    assert redacted["secrets_in_environment"] == ["ssn_session"]
+    assert "session-s3cr3t" not in str(redacted)
+
+
 def test_without_environment_or_keyring_backend_secrets_are_quietly_absent() -> None:
     # This machine has no keyring daemon: the lookup must fail quietly, not raise.
-    assert load_secrets({}) == Secrets(found_in={})
+    from agent.secrets import find_secret, read_secret
+
+    assert read_secret(find_secret("twitch_token"), {}) is None
 
 
 # --- setup problems ------------------------------------------------------------------------------
@@ -440,14 +445,14 @@ platform = "=youtube"
 where = "type=chat"
 """,
     )
-    assert dict(settings.source.mapping) == {
+    assert dict(settings.source.options["mapping"]) == {
         "text": "data.message",
         "author": "data.user.name",
         "platform": "=youtube",
         "where": "type=chat",
     }
     inline = load(config, '[source]\nmapping = { text = "msg", channel = "=mine" }\n')
-    assert dict(inline.source.mapping) == {"text": "msg", "channel": "=mine"}
+    assert dict(inline.source.options["mapping"]) == {"text": "msg", "channel": "=mine"}
 
 
 @pytest.mark.parametrize(
@@ -471,10 +476,10 @@ def test_the_readmes_ws_example_loads_as_it_says(config: Path) -> None:
     [example] = re.findall(r"```toml\n(.*?)```", section, flags=re.S)
     settings = load(config, example)
     assert settings.source.kind == "ws" and settings.source.server_url.startswith("ws://")
-    assert settings.source.mapping["where"] == "type=chat"
-    assert settings.source.mapping["platform"] == "=youtube"
+    assert settings.source.options["mapping"]["where"] == "type=chat"
+    assert settings.source.options["mapping"]["platform"] == "=youtube"
     [inline] = re.findall(r"`(mapping = \{[^`]*\})`", section)
-    assert load(config, f"[source]\n{inline}\n").source.mapping["where"] == "type=chat"
+    assert load(config, f"[source]\n{inline}\n").source.options["mapping"]["where"] == "type=chat"
 
 
 def test_every_settings_example_in_the_readme_loads(config: Path) -> None:
