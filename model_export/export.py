@@ -508,8 +508,8 @@ def _quantize(
     # when they are external.)
     pre_process(fused_path, prepared, skip_optimization=True, auto_merge=True)
     quantize_dynamic(
-        str(prepared),
-        str(out_path),
+        prepared,
+        out_path,
         weight_type=getattr(QuantType, settings.weight_type),
         per_channel=settings.per_channel,
         reduce_range=settings.reduce_range,
@@ -637,7 +637,6 @@ EXPORTERS = {
     "light": "model_export.graph (onnx + numpy, weights streamed from the checkpoint)",
     "optimum": "optimum (PyTorch, transformers eager attention)",
 }
-REFERENCES = {"light": "the fp32 ONNX graph", "optimum": "PyTorch fp32"}
 
 
 def _light_fp32(

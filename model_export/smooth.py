@@ -64,34 +64,46 @@ def activation_maxima(
     activations: Sequence[str],
     feeds: Iterable[dict[str, np.ndarray]],
 ) -> dict[str, np.ndarray]:
-    """Per-channel max |value| of each named activation over all `feeds` (fp32 graph)."""
+    """Per-channel max |value| of each named activation over all `feeds` (fp32 graph).
+
+    The graph is re-saved with the activations as extra outputs beside `model_path`, without
+    its weights when they are external, so onnxruntime reads them from the same data file
+    and the weights are not held in memory twice.
+    """
     import onnx
     import onnxruntime as ort
 
-    model = onnx.load(str(model_path))
+    model = onnx.load(str(model_path), load_external_data=False)
     known = {o.name for o in model.graph.output}
     for name in activations:
         if name not in known:
             model.graph.output.append(onnx.ValueInfoProto(name=name))
+    probe = model_path.with_name(model_path.stem + ".calibration.onnx")
+    with probe.open("wb") as handle:
+        handle.write(model.SerializeToString())
+    del model
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    maxima: dict[str, np.ndarray] = {}
-    for feed in feeds:
-        mask = feed.get("attention_mask")
-        values = session.run(list(activations), feed)
-        for name, value in zip(activations, values, strict=True):
-            value = np.abs(np.asarray(value, dtype=np.float32))
-            if mask is not None and value.ndim == 3:
-                # Real tokens set the range the chat needs; padded rows are computed too, and
-                # DynamicQuantizeLinear sees them, but they repeat the real tokens' features.
-                value = value[mask.astype(bool)]
-            flat = value.reshape(-1, value.shape[-1]).max(axis=0)
-            maxima[name] = np.maximum(maxima.get(name, flat), flat)
+    try:
+        session = ort.InferenceSession(str(probe), options, providers=["CPUExecutionProvider"])
+        maxima: dict[str, np.ndarray] = {}
+        for feed in feeds:
+            mask = feed.get("attention_mask")
+            values = session.run(list(activations), feed)
+            for name, value in zip(activations, values, strict=True):
+                value = np.abs(np.asarray(value, dtype=np.float32))
+                if mask is not None and value.ndim == 3:
+                    # Real tokens set the range the chat needs; padded rows are computed too,
+                    # and DynamicQuantizeLinear sees them, but they repeat the real tokens'
+                    # features.
+                    value = value[mask.astype(bool)]
+                flat = value.reshape(-1, value.shape[-1]).max(axis=0)
+                maxima[name] = np.maximum(maxima.get(name, flat), flat)
+        del session
+    finally:
+        probe.unlink(missing_ok=True)
     return maxima
 
 
@@ -112,9 +124,10 @@ def smooth_graph(
     import onnx
     from onnx import helper, numpy_helper
 
+    groups_only = _matmul_groups(onnx.load(str(model_path), load_external_data=False), min_rows)
+    maxima = activation_maxima(model_path, list(groups_only), feeds())
     model = onnx.load(str(model_path))
     groups = _matmul_groups(model, min_rows)
-    maxima = activation_maxima(model_path, list(groups), feeds())
     inits = {init.name: init for init in model.graph.initializer}
     consumers: dict[str, int] = defaultdict(int)
     for node in model.graph.node:
