@@ -1,7 +1,9 @@
-"""The one-time export: Hugging Face model -> ONNX -> fused -> int8 -> model bundle.
+"""The one-time export: Hugging Face model -> fp32 ONNX -> fused -> outliers migrated ->
+int8 -> parity through the scorer -> model bundle.
 
-`python -m model_export --out DIR` (or `captaflow export-model`) runs it; `--tiny` and
-`--random-base` run the same path on locally built random-weight stand-ins.
+`python -m model_export --out DIR` (or `captaflow export-model`) runs it; `--tiny`,
+`--random-base` and `--stand-in` (the trained-like stand-in, `model_export.standin`) run the
+same path on locally built stand-ins.
 """
 
 from __future__ import annotations
