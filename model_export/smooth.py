@@ -177,5 +177,16 @@ def smooth_graph(
         order.insert(order.index(first), mul)
     del model.graph.node[:]
     model.graph.node.extend(order)
-    onnx.save(model, str(out_path))
+    # Weights in a data file beside the graph (as the light path's fp32 graph has them), so
+    # quantisation's pre-processing can work on the graph without copying the weights.
+    data = out_path.with_name(out_path.name + ".data")
+    data.unlink(missing_ok=True)
+    onnx.save(
+        model,
+        str(out_path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=1024,
+    )
     return sites
