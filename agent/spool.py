@@ -95,6 +95,9 @@ log = logging.getLogger("captaflow.spool")
 
 FileOpener = Callable[[Path], BinaryIO]
 
+# A row's size on disk, about (24 columns of short text and 6-decimal numbers).
+ROW_BYTES = 220
+
 
 def _open_for_append(path: Path) -> BinaryIO:
     # Unbuffered: each row reaches the OS in its own write call, so a failure (ENOSPC) is
@@ -274,6 +277,21 @@ class Spool:
                 f"cannot create the spool folder {self.spool_dir}: {exc.strerror or exc}; "
                 "choose a writable folder with --data-dir"
             ) from exc
+        free = free_space(self.spool_dir)
+        if free is not None and free < self.room_needed:
+            log.warning(
+                "only %s free on the drive of the spool %s: a part needs up to %s; readings "
+                "wait in memory while the disk is full (free some space on that drive)",
+                _mb(free),
+                self.spool_dir,
+                _mb(self.room_needed),
+            )
+
+    @property
+    def room_needed(self) -> int:
+        """Free bytes one full part (and its checksum) may take: what the spool needs to
+        keep writing without holding readings in memory."""
+        return self.max_part_rows * ROW_BYTES + 4096
 
     # ----------------------------------------------------------------- writing
 
