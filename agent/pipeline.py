@@ -318,10 +318,17 @@ class Pipeline:
 
     def resume_crashed(self, channel: str, now: float) -> None:
         """Open the timelines of this channel that a crash left open (any platform), so their
-        unfinished windows are recovered at start, before any new message."""
+        unfinished windows are recovered at start, before any new message. Only sessions begun
+        within the resume window: an older one would be ended and an empty one begun in its
+        place (its platform's timeline opens, and recovers, with its next message)."""
         journal = self._journal()
         for info in journal.sessions():
-            if info.ended_at is None and info.channel == channel and info.message_count:
+            if (
+                info.ended_at is None
+                and info.channel == channel
+                and info.message_count
+                and now - info.started_at <= RESUME_WITHIN
+            ):
                 self.open_timeline(info.platform, info.channel, now)
 
     def _journal(self) -> Journal:

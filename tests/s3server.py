@@ -19,12 +19,26 @@ import threading
 import urllib.request
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Literal
+from typing import Any, Literal
 
 from moto.server import ThreadedMotoServer
 
 FAKE_KEY_ID = "AKIAFAKEFAKEFAKE0000"
 FAKE_SECRET = "fake/Secret+Never+In+Logs/0123456789abcd"
+
+
+def s3_client(env: dict[str, str]) -> Any:
+    """A boto3 client for the `s3_server` fixture's environment: for setting up and checking
+    what a test's run uploaded (never the code under test)."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=env.get("AWS_DEFAULT_REGION", "us-east-1"),
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
 
 
 class MotoS3:

@@ -7,6 +7,7 @@ import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -53,7 +54,8 @@ class Run:
 
     def __init__(self, folder: Path, scorer: Scorer, **rules: object) -> None:
         self.journal = Journal.open(folder / "journal.sqlite3")
-        self.spool = Spool(folder / "spool")
+        self._parts: list[BinaryIO] = []
+        self.spool = Spool(folder / "spool", opener=self._open_part)
         self.spool.recover()
         self.pipeline = Pipeline(
             journal=self.journal,
@@ -66,6 +68,11 @@ class Run:
                 **rules,  # type: ignore[arg-type]
             ),
         )
+
+    def _open_part(self, path: Path) -> BinaryIO:
+        part = open(path, "ab", buffering=0)  # noqa: SIM115 - the spool closes it, or crash()
+        self._parts.append(part)
+        return part
 
     def feed(self, messages: list[ChatMessage]) -> None:
         for m in messages:
@@ -80,7 +87,10 @@ class Run:
         self.journal.close()
 
     def crash(self) -> None:
-        self.journal.close()  # what kill -9 leaves: committed rows, an open part
+        # What kill -9 leaves: committed rows and an open part (the OS closes its handle).
+        self.journal.close()
+        for part in self._parts:
+            part.close()
 
 
 def readings(folder: Path) -> list[Reading]:
@@ -238,3 +248,20 @@ def test_chat_recorded_before_is_named_with_how_to_score_it_again(
     assert note is not None and "already recorded (6 duplicates" in note
     assert f"captaflow replay --session {session}" in note
     assert duplicates_note(first.pipeline.stats) is None
+
+
+def test_a_crashed_multistream_is_recovered_on_every_platform_at_start(
+    tmp_path: Path, scorer: Scorer
+) -> None:
+    crashed = Run(tmp_path, scorer)
+    crashed.feed([msg(n, platform="youtube" if n % 2 else "twitch") for n in range(8)])
+    crashed.crash()  # windows of three: [0 2 4] and [1 3 5] written; 6 and 7 never windowed
+    assert len(readings(tmp_path)) == 2
+
+    restarted = Run(tmp_path, scorer)
+    restarted.pipeline.resume_crashed("streamer", now=T0 + 100)
+    assert sorted(restarted.pipeline.timelines) == [("twitch", "streamer"), ("youtube", "streamer")]
+    restarted.stop()
+    by_platform = sorted((r.platform, r.message_count) for r in readings(tmp_path))
+    assert by_platform == [("twitch", 1), ("twitch", 3), ("youtube", 1), ("youtube", 3)]
+    assert restarted.pipeline.stats.messages == 0  # nothing new: only what the crash left

@@ -147,13 +147,9 @@ def test_the_readme_demo_twice_shows_the_same_readings_twice(
 def test_a_multistream_bridge_feed_gives_two_timelines_and_two_s3_partitions(
     tmp_path: Path, tiny_bundle: Path, s3_server: dict[str, str]
 ) -> None:
-    import boto3
+    from tests.s3server import s3_client
 
-    s3 = boto3.client(
-        "s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"], region_name="us-east-1",
-        aws_access_key_id=s3_server["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=s3_server["AWS_SECRET_ACCESS_KEY"],
-    )  # fmt: skip
+    s3 = s3_client(s3_server)
     s3.create_bucket(Bucket="multistream")
     mixed = [chat_line(n, platform="youtube" if n % 3 == 0 else "twitch") for n in range(60)]
     chat = write_chat(tmp_path / "mixed.jsonl", mixed)
