@@ -181,6 +181,24 @@ def _checked_at_entry(source: Mapping[str, str]) -> str | None:
     return "checked at entry: " + ", ".join(parts) if parts else None
 
 
+def _count_of(source: Mapping[str, str], key: str) -> int:
+    # The status file keeps the source's counters as text (its `source` is text to text).
+    raw = str(source.get(key, "0")).strip()
+    return int(raw) if raw.isdigit() else 0
+
+
+def _checked_input_line(record: StatusRecord) -> str | None:
+    """What the source's entry checks changed, when they changed anything."""
+    replaced = _count_of(record.source, "times_replaced")
+    skipped = _count_of(record.source, "frames_skipped")
+    said = []
+    if replaced:
+        said.append(f"{replaced} message time(s) out of range replaced by the receive time")
+    if skipped:
+        said.append(f"{skipped} frame(s) skipped (not valid, too large or too deep)")
+    return "checked input: " + ", ".join(said) if said else None
+
+
 def status_lines(facts: StatusFacts) -> list[str]:
     """The lines `captaflow status` prints, in order."""
     record = facts.record
@@ -228,11 +246,18 @@ def status_lines(facts: StatusFacts) -> list[str]:
                 "what it left"
             )
     shown = live if live is not None else record if facts.running_pid is None else None
-    if shown is not None and shown.set_aside_total:
-        lines.append(
-            f"set aside: {shown.set_aside_total} window(s) that could not be scored or written "
-            f"(the log says why)"
-        )
+    if shown is not None:
+        source_problem = shown.source.get("problem", "")
+        if source_problem and source_problem != shown.problem:
+            lines.append(f"source problem: {source_problem}")
+        checked = _checked_input_line(shown)
+        if checked:
+            lines.append(checked)
+        if shown.set_aside_total:
+            lines.append(
+                f"set aside: {shown.set_aside_total} window(s) that could not be scored or "
+                f"written (the log says why)"
+            )
     spool = (
         f"spool: {facts.parts_waiting} part(s) waiting for upload, {facts.parts_uploaded} uploaded"
     )

@@ -737,3 +737,36 @@ def test_secrets_set_on_a_terminal_asks_without_echo(home: Home) -> None:
     assert b"stored twitch_token in the OS keyring" in seen
     stored = json.loads((home.root / "keyring.json").read_text(encoding="utf-8"))
     assert stored == {"CaptaFlow/twitch_token": secret}
+
+
+def test_status_after_a_kill_tells_the_last_session_never_a_live_state(home: Home) -> None:
+    # What a killed agent leaves behind: its last snapshot still says "running", with the
+    # source's entry-check counters (see agent.vocab.StatusRecord).
+    home.data.mkdir(parents=True)
+    (home.data / "status.json").write_text(
+        json.dumps({
+            "pid": 999999, "written_at": time.time() - 600, "state": "running",
+            "source": {"state": "connected", "detail": "#xqcow", "problem": "",
+                       "times_replaced": "3", "frames_skipped": "2"},
+            "session_id": "20261201t093136z-xqcow", "channel": "xqcow", "messages_total": 120,
+            "readings_total": 12, "upload_state": "idle", "dominant": "joy", "problem": "",
+            "set_aside_total": 1, "model_id": "m",
+        }),
+        encoding="utf-8",
+    )  # fmt: skip
+    result = home.run("status")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert_each_said_once(lines)
+    assert lines[:3] == [
+        "agent: not running",
+        "last session: 20261201t093136z-xqcow on xqcow: 120 messages, 12 readings "
+        "(last seen 10 min ago)",
+        "last run: did not stop cleanly (killed or crashed); the next start recovers what it left",
+    ]
+    assert (
+        "checked input: 3 message time(s) out of range replaced by the receive time, 2 frame(s) "
+        "skipped (not valid, too large or too deep)"
+    ) in lines
+    assert any(line.startswith("set aside: 1 window(s)") for line in lines)
+    assert not any(line.startswith(("source:", "chat feels:", "problem:")) for line in lines)
