@@ -28,7 +28,7 @@ Keeping up (`sample_plan`, `uniform_sample`)
 
 Readings (`batch_id_for`, `make_reading`)
     A batch id is a hash of the window's message keys, so the same messages always give the
-    same id whatever their order: after a crash the runtime re-windows journaled messages and
+    same id whatever their order: after a crash the pipeline re-windows journaled messages and
     recognises batches already in the spool by that id.
 """
 
