@@ -491,7 +491,8 @@ class WebUI:
 
     def _process_request(self, connection: Any, request: Any) -> Any:
         if not client_allowed(connection.remote_address):
-            log.warning("web UI: refused a client at %s", connection.remote_address[0])
+            peer = connection.remote_address
+            log.warning("web UI: refused a client at %s", peer[0] if peer else "?")
             return self._response(403, "text/plain", b"only this PC may use CaptaFlow's UI\n")
         if not host_allowed(request.headers.get("Host"), self.port):
             return self._response(403, "text/plain", b"forbidden Host header\n")

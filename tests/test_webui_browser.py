@@ -1,8 +1,8 @@
 """The dashboard and the OBS overlay in headless Chromium during a real replay run.
 
 `python3 -m agent run --source replay --file F --ui-port N` with the tiny model replays a
-constructed chat: six calm minutes (2 messages a second), then thirty seconds of hype (20 a
-second), then calm again. The known answer: a message-rate moment at VOD time 00:06:00. The
+constructed chat: six calm minutes (2 messages a second), thirty seconds of hype (20 a
+second), three calm minutes. The known answer: a message-rate moment at VOD time 00:06:00. The
 browser must see readings arrive, then that moment, live; the overlay's background must be
 transparent in the screenshot's pixels; the moments the live path announced must be the ones
 the after-stream report finds in the spool.
@@ -80,7 +80,7 @@ def chat_recording(path: Path) -> None:
         say(i * 0.5, TEXTS[i % len(TEXTS)])
     for i in range(600):  # 6:00-6:30, 20 a second
         say(360 + i * 0.05, HYPE[i % len(HYPE)])
-    for i in range(120):  # 6:30-7:30, calm again
+    for i in range(360):  # 6:30-9:30, calm again (time for the browser to look)
         say(390 + i * 0.5, TEXTS[i % len(TEXTS)])
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
