@@ -740,6 +740,18 @@ def export_bundle(
     """
     if via not in EXPORTERS:
         raise ExportError(f"--via {via!r} is not one of {', '.join(EXPORTERS)}")
+    if via == "optimum":
+        import importlib.util
+
+        missing = [
+            m for m in ("torch", "transformers", "optimum") if not importlib.util.find_spec(m)
+        ]
+        if missing:
+            raise ExportError(
+                f"--via optimum needs {', '.join(missing)}: run `pip install "
+                f"'captaflow[export-torch]'`, or drop --via optimum (the light export needs "
+                f"no PyTorch)"
+            )
     source = str(source)
     out = Path(out).expanduser().resolve()
     settings = quantization or QuantizationSettings()

@@ -348,6 +348,21 @@ def test_tiny_export_runs_without_pytorch(tmp_path: Path) -> None:
     assert manifest.optimization["fused_operators"]["MultiHeadAttention"] == 2
 
 
+def test_via_optimum_without_pytorch_says_what_to_install(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH, "--tiny", "--via", "optimum", "--out", str(tmp_path)],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --via optimum needs torch, transformers, optimum: run `pip install "
+        "'captaflow[export-torch]'`, or drop --via optimum (the light export needs no PyTorch)"
+    )
+
+
 def test_the_real_export_fetches_from_the_hub_cache_and_takes_the_light_path(
     tmp_path: Path,
 ) -> None:
