@@ -36,7 +36,12 @@ Schema (PRAGMA user_version = SCHEMA_VERSION):
 
     sessions(session_id PK, platform, channel, started_at, ended_at NULL)
     messages(key PK, session_id, platform, channel, author, text, sent_at, received_at,
-             scorable, batch_id NULL)            -- rowid order = received order
+             scorable, batch_id NULL, stored_at NULL)   -- rowid order = received order
+
+`stored_at` is this PC's clock when the row was written: retention counts from it, not from
+`received_at`, which a replayed recording (the demo) carries from the recording's day and
+which would make a prune at close delete the session it just recorded. Rows of schema 2
+have none and count from `received_at` as before.
     batches(batch_id PK, session_id, seq, state 'assigned'|'written'|'set_aside', created_at,
             reason NULL, set_aside_at NULL)
     moderation(id PK, platform, channel, kind, target_key NULL, target_user NULL, at,
@@ -67,7 +72,7 @@ from agent.vocab import ChatMessage, ModerationEvent, validate_name
 
 log = logging.getLogger("captaflow.journal")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Version 2: a batch can be set aside (a window that could not be scored or written: a poison
 # pill), with the reason; v1's CHECK constraint on `state` forbids that, so v1's table is
@@ -102,7 +107,8 @@ CREATE TABLE IF NOT EXISTS messages (
     sent_at     REAL NOT NULL,
     received_at REAL NOT NULL,
     scorable    INTEGER NOT NULL,
-    batch_id    TEXT
+    batch_id    TEXT,
+    stored_at   REAL
 );
 {batches}CREATE TABLE IF NOT EXISTS moderation (
     id          INTEGER PRIMARY KEY,
@@ -337,9 +343,15 @@ class Journal:
     """Append-only SQLite journal of chat messages and their batches. See the module doc."""
 
     def __init__(
-        self, conn: sqlite3.Connection, path: Path, retention_days: float, max_bytes: int
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        retention_days: float,
+        max_bytes: int,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._conn = conn
+        self._clock = clock  # wall clock for stored_at and the prune at close
         self.path = path
         self.retention_days = retention_days
         self.max_bytes = max_bytes
@@ -362,7 +374,14 @@ class Journal:
     # ----------------------------------------------------------------- opening
 
     @classmethod
-    def open(cls, path: Path, *, retention_days: float = 30, max_bytes: int = 1 << 30) -> Journal:
+    def open(
+        cls,
+        path: Path,
+        *,
+        retention_days: float = 30,
+        max_bytes: int = 1 << 30,
+        clock: Callable[[], float] = time.time,
+    ) -> Journal:
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -402,7 +421,7 @@ class Journal:
                 path.parent,
                 _kb(need),
             )
-        return cls(conn, path, retention_days, max_bytes)
+        return cls(conn, path, retention_days, max_bytes, clock)
 
     @staticmethod
     def _connect(path: Path, max_bytes: int) -> sqlite3.Connection:
@@ -431,6 +450,7 @@ class Journal:
             conn.execute(f"PRAGMA journal_size_limit={budget}")
             _migrate_batches(conn)
             conn.executescript(_SCHEMA)
+            _add_stored_at(conn)
             if version < SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             # A cheap read of every table catches a file that is a database only in name.
@@ -705,7 +725,8 @@ class Journal:
                 return False
         write = _Write(
             "INSERT OR IGNORE INTO messages (key, session_id, platform, channel, author, "
-            "text, sent_at, received_at, scorable) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "text, sent_at, received_at, scorable, stored_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key,
                 session_id,
@@ -716,6 +737,7 @@ class Journal:
                 msg.sent_at,
                 msg.received_at,
                 int(scorable),
+                self._clock(),
             ),
             key=key,
         )
@@ -1004,7 +1026,8 @@ class Journal:
         )
         cutoff = now - self.retention_days * 86400
         deleted = self._delete_chunks(
-            f"DELETE FROM messages WHERE rowid IN ({prunable} AND m.received_at < ? "
+            f"DELETE FROM messages WHERE rowid IN ({prunable} "
+            "AND COALESCE(m.stored_at, m.received_at) < ? "
             "ORDER BY m.rowid LIMIT ?)",
             (cutoff,),
         )
@@ -1066,7 +1089,7 @@ class Journal:
             else:
                 # Leave the file within its bound: what was confirmed last is prunable now.
                 with contextlib.suppress(JournalError):
-                    self.prune(time.time())
+                    self.prune(self._clock())
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
@@ -1094,6 +1117,13 @@ def _make_incremental(conn: sqlite3.Connection, path: Path) -> None:
         )
         return
     log.info("journal %s compacted once to reclaim pruned space from now on", path)
+
+
+def _add_stored_at(conn: sqlite3.Connection) -> None:
+    """Schema 3: messages.stored_at (see the module doc); older rows keep NULL."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    if "stored_at" not in columns:
+        conn.execute("ALTER TABLE messages ADD COLUMN stored_at REAL")
 
 
 def _migrate_batches(conn: sqlite3.Connection) -> None:

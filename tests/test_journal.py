@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from agent.journal import Journal, JournalError, PendingBatch, session_name
+from agent.journal import SCHEMA_VERSION, Journal, JournalError, PendingBatch, session_name
 from agent.vocab import ChatMessage, validate_name
 
 T0 = 1_764_085_882.0  # 2025-11-25 15:51:22 UTC
@@ -206,7 +207,7 @@ def test_resume_only_a_recent_crashed_session(path: Path) -> None:
 
 def test_prune_by_age_spares_unwritten_messages(path: Path) -> None:
     day = 86400.0
-    with Journal.open(path, retention_days=30) as journal:
+    with Journal.open(path, retention_days=30, clock=lambda: T0) as journal:
         session, _ = journal.begin_session("twitch", "xqcow", now=T0)
         for i in range(8):
             journal.add(msg(i), session_id=session, scorable=True)
@@ -307,7 +308,7 @@ def test_wal_mode_and_schema_version(path: Path) -> None:
     Journal.open(path).close()
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     conn.close()
 
 
@@ -337,3 +338,19 @@ def test_the_bound_covers_database_and_wal_and_an_old_journal_is_compacted(path:
     )
     assert peak <= bound and final <= bound, (peak, final)
     assert 0 < kept < 13_000
+
+
+def test_retention_counts_from_when_this_pc_stored_the_message(path: Path) -> None:
+    """A replayed recording (the demo) carries the recording's day in received_at; the prune
+    at close must not delete the session it just recorded (retention counts from stored_at)."""
+    a_year_ago = time.time() - 365 * 86400.0
+    with Journal.open(path, retention_days=30) as journal:
+        session, _ = journal.begin_session("twitch", "xqcow", now=a_year_ago)
+        for i in range(4):
+            journal.add(msg(i, at=a_year_ago + i), session_id=session, scorable=True)
+        journal.assign(session, "b", 0, [f"id-{i}" for i in range(4)])
+        journal.confirm(["b"])
+    with Journal.open(path, retention_days=30) as journal:
+        assert len(list(journal.messages(session))) == 4
+        # A month after it was stored, it goes.
+        assert journal.prune(time.time() + 31 * 86400.0) == 4
