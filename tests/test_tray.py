@@ -573,7 +573,7 @@ SNI_HOST = "gtk-sni-tray-standalone"  # Debian: haskell-gtk-sni-tray-utils
 
 
 @pytest.fixture(params=["gtk", "appindicator"])
-def menu_host(request: pytest.FixtureRequest) -> Iterator[tuple]:
+def menu_host(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple]:
     """(environment, the backend the tray must pick) for each kind of tray host."""
     import time
 
@@ -602,22 +602,29 @@ def menu_host(request: pytest.FixtureRequest) -> Iterator[tuple]:
         address = bus.stdout.readline().strip()
         assert address, "dbus-daemon gave no address"
         env = dict(xserver, DBUS_SESSION_BUS_ADDRESS=address)
+        host_log = open(tmp_path / "sni-host.log", "w")  # noqa: SIM115 (closed below)
         host = subprocess.Popen(
             # A light grey bar like trayer's, so the icon's see-through corners can be checked.
             [SNI_HOST, "--top", "--beginning", "--size", "32", "--watcher", "--color", "#dcdad5"],
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=host_log,
+            stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a Haskell program starting on a busy machine
         while not _watcher_up(address):
-            assert time.monotonic() < deadline, "the StatusNotifier watcher did not come up"
-            time.sleep(0.2)
+            if host.poll() is not None or time.monotonic() > deadline:
+                host_log.flush()
+                pytest.fail(
+                    f"the StatusNotifier host did not come up (exit {host.poll()}): "
+                    f"{(tmp_path / 'sni-host.log').read_text()[-1500:]}"
+                )
+            time.sleep(0.3)
         yield env, "appindicator"
     finally:
         if host is not None:
             host.terminate()
             host.wait(timeout=10)
+            host_log.close()
         bus.terminate()
         bus.wait(timeout=10)
         if bus.stdout is not None:
