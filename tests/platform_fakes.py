@@ -364,9 +364,10 @@ class FakeTwitchIrc(ThreadedWebSocketServer):
 class FakeTwitchValidate:
     """https://id.twitch.tv/oauth2/validate on 127.0.0.1 (http.server in a thread)."""
 
-    def __init__(self, tokens: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, tokens: dict[str, dict[str, Any]], fail_first: int = 0) -> None:
         self.tokens = tokens  # valid token -> {"login", "scopes", "expires_in"}
         self.calls: list[str] = []
+        self.fail_first = fail_first  # answer this many requests 503, as an outage would
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -375,7 +376,10 @@ class FakeTwitchValidate:
                 fake.calls.append(auth)
                 token = auth.removeprefix("OAuth ")
                 info = fake.tokens.get(token) if auth.startswith("OAuth ") else None
-                if info is None:
+                if len(fake.calls) <= fake.fail_first:
+                    body: dict[str, Any] = {"status": 503, "message": "Service Unavailable"}
+                    status = 503
+                elif info is None:
                     body = {"status": 401, "message": "invalid access token"}
                     status = 401
                 else:

@@ -455,3 +455,32 @@ def test_ssn_relay_timing_links_out_never_grows_the_wait() -> None:
     waits = [s.retry_in for s in statuses if s.state is SourceState.RECONNECTING]
     assert waits[:3] == [0.05, 0.05, 0.05]
     assert relay.joins == [("message", {"join": SESSION, "in": 4})] * len(relay.joins)
+
+
+def test_twitch_logs_in_once_the_token_check_answers_again() -> None:
+    """The validation endpoint is down at start (503): anonymous reading meanwhile, with the
+    reason in the status; the periodic check then finds the token good and logs in."""
+    info = {"login": "mybot", "scopes": ["chat:read"], "expires_in": 3600}
+    with (
+        FakeTwitchValidate({TOKEN: info}, fail_first=1) as validate,
+        FakeTwitchIrc("streamer", [irc_privmsg(1, "hello")], tokens={TOKEN: "mybot"}) as irc,
+    ):
+        source = TwitchSource(
+            "streamer",
+            server_url=irc.url,
+            token=TOKEN,
+            validate_url=validate.url,
+            delays=fast(),
+            revalidate_every=0.3,
+        )
+
+        async def main() -> list[ChatMessage]:
+            consumer = asyncio.create_task(read(source, 2, timeout=20))
+            await until(lambda: "could not check the Twitch token" in source.status().problem)
+            return await consumer
+
+        got = asyncio.run(main())
+    assert [m.message_id for m in got] == ["msg-1", "msg-1"]
+    assert any(line.startswith("NICK justinfan") for line in irc.received[0])
+    assert f"PASS oauth:{TOKEN}" in irc.received[1] and "NICK mybot" in irc.received[1]
+    assert source.status().problem == ""

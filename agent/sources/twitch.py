@@ -289,6 +289,7 @@ class TwitchSource:
         self._ping_interval = ping_interval
         self._pong_timeout = pong_timeout
         self.token_info: TokenInfo | None = None
+        self._logged_in = False  # whether the current link logged in with the token
         self.link = WebSocketLink(
             name="twitch",
             title="Twitch",
@@ -376,6 +377,13 @@ class TwitchSource:
         a refused token ends this link so the next one reads anonymously."""
         if self._token is None:
             return None
+        if not self._checked:
+            # The first check found the endpoint unreachable and this link is anonymous: ask
+            # again, and log in on a new link once the token is known good.
+            await self._check_token()
+            if self._checked and self._token is not None and not self._logged_in:
+                return f"logging in to Twitch as {self._nick}"
+            return None
         answer = await validate_token(self._validate_url, self._token)
         if isinstance(answer, TokenRefused):
             self._read_anonymously(f"the Twitch token is expired or revoked ({answer.reason})")
@@ -389,6 +397,7 @@ class TwitchSource:
 
     def _new_session(self) -> TwitchSession:
         logged_in = self._token is not None and self._nick is not None
+        self._logged_in = logged_in
         protocol = TwitchChatProtocol(
             self.channel,
             nick=self._nick if logged_in else None,
