@@ -45,7 +45,7 @@ have none and count from `received_at` as before.
     batches(batch_id PK, session_id, seq, state 'assigned'|'written'|'set_aside', created_at,
             reason NULL, set_aside_at NULL)
     moderation(id PK, platform, channel, kind, target_key NULL, target_user NULL, at,
-               duration NULL)
+               duration NULL, stored_at NULL)
 
 Concurrency: one `Journal` is used from the asyncio thread only. The connection is opened with
 `check_same_thread=False` so that the object may be created on one thread and used on the
@@ -118,7 +118,8 @@ CREATE TABLE IF NOT EXISTS messages (
     target_key  TEXT,
     target_user TEXT,
     at          REAL NOT NULL,
-    duration    REAL
+    duration    REAL,
+    stored_at   REAL
 );
 CREATE INDEX IF NOT EXISTS messages_session ON messages (session_id, batch_id);
 CREATE INDEX IF NOT EXISTS messages_batch ON messages (batch_id);
@@ -930,8 +931,8 @@ class Journal:
         self._write(
             _Write(
                 "INSERT INTO moderation (platform, channel, kind, target_key, target_user, at, "
-                "duration) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (platform, channel, kind, target_key, target_user, at, duration),
+                "duration, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (platform, channel, kind, target_key, target_user, at, duration, self._clock()),
             )
         )
 
@@ -1031,7 +1032,7 @@ class Journal:
             "ORDER BY m.rowid LIMIT ?)",
             (cutoff,),
         )
-        self._conn.execute("DELETE FROM moderation WHERE at < ?", (cutoff,))
+        self._conn.execute("DELETE FROM moderation WHERE COALESCE(stored_at, at) < ?", (cutoff,))
         target = self.data_target
         if self._db_bytes() > target:
             # Down to 80% of the target, oldest first.
@@ -1120,10 +1121,12 @@ def _make_incremental(conn: sqlite3.Connection, path: Path) -> None:
 
 
 def _add_stored_at(conn: sqlite3.Connection) -> None:
-    """Schema 3: messages.stored_at (see the module doc); older rows keep NULL."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
-    if "stored_at" not in columns:
-        conn.execute("ALTER TABLE messages ADD COLUMN stored_at REAL")
+    """Schema 3: messages.stored_at and moderation.stored_at (see the module doc); older rows
+    keep NULL."""
+    for table in ("messages", "moderation"):
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if "stored_at" not in columns:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN stored_at REAL")
 
 
 def _migrate_batches(conn: sqlite3.Connection) -> None:
