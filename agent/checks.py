@@ -247,8 +247,11 @@ def require(check: Check, value: Any, key: str, *, what_to_do: str = "") -> Any:
 
 
 def dotted_path(value: Any, from_cli: bool) -> str:
-    if not isinstance(value, str) or not re.fullmatch(
-        r"[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*", value
+    """A path into a JSON object, keys and list indexes joined by '.' ("items.0.text")."""
+    if (
+        not isinstance(value, str)
+        or len(value) > 200
+        or not re.fullmatch(r"[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*", value)
     ):
         raise Expected('a dotted path into the JSON message, for example "data.message.text"')
     return value

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import abc
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.checks import Expected
+from agent.checks import Expected, dotted_path
 from agent.errors import SettingsError
 from agent.sources.base import (
     ChatSource,
@@ -205,9 +204,6 @@ class FieldMapping:
     where: tuple[str, str] | None = None
 
 
-_DOTTED = re.compile(r"[A-Za-z0-9_$-]+(\.[A-Za-z0-9_$-]+)*")
-
-
 def mapping_value(value: Any, from_cli: bool = False) -> str:
     """One mapping value: a dotted path into the JSON (`data.user.name`) or `=constant`."""
     if not isinstance(value, str):
@@ -217,9 +213,10 @@ def mapping_value(value: Any, from_cli: bool = False) -> str:
         if len(value) > 1 and len(value) <= 200:
             return value
         raise Expected('a constant after "=", for example "=youtube"')
-    if not _DOTTED.fullmatch(value):
-        raise Expected('a dotted path such as "data.user.name", or "=constant"')
-    return value
+    try:
+        return dotted_path(value, from_cli)
+    except Expected:
+        raise Expected('a dotted path such as "data.user.name", or "=constant"') from None
 
 
 def where_filter(value: Any, from_cli: bool = False) -> str:
@@ -228,8 +225,12 @@ def where_filter(value: Any, from_cli: bool = False) -> str:
     if not isinstance(value, str):
         raise Expected(expected)
     path, sep, wanted = value.strip().partition("=")
-    if not sep or not _DOTTED.fullmatch(path.strip()) or not wanted.strip():
+    if not sep or not wanted.strip():
         raise Expected(expected)
+    try:
+        dotted_path(path.strip(), from_cli)  # the one rule for a dotted path (agent.checks)
+    except Expected:
+        raise Expected(expected) from None
     return f"{path.strip()}={wanted.strip()}"
 
 
