@@ -231,7 +231,11 @@ def parse_emotes(value: str, text: str) -> list[Emote]:
             continue
         for span in ranges.split(","):
             first, dash, last = span.partition("-")
-            if not dash or not first.isdigit() or not last.isdigit():
+            if (
+                not dash
+                or not (first.isascii() and first.isdigit())
+                or not (last.isascii() and last.isdigit())
+            ):
                 continue
             start, end = int(first), int(last) + 1
             if start >= end or start >= len(text):
@@ -258,7 +262,7 @@ def checked_sent_time(
     replacement = received_at if fallback is None else fallback
     if not raw:
         return replacement, False
-    if not raw.isdigit() or len(raw) > 20:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20:
         return replacement, True
     seconds, replaced = sane_time(int(raw) / 1000.0, received_at)
     return (replacement, True) if replaced else (seconds, False)

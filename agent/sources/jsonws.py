@@ -78,7 +78,12 @@ def get_path(obj: Any, path: str) -> Any:
     for part in path.split("."):
         if isinstance(current, dict):
             current = current.get(part)
-        elif isinstance(current, list) and part.lstrip("-").isdigit() and len(part) < 10:
+        elif (
+            isinstance(current, list)
+            and part.lstrip("-").isascii()
+            and part.lstrip("-").isdigit()
+            and len(part) < 10
+        ):
             index = int(part)
             current = current[index] if -len(current) <= index < len(current) else None
         else:

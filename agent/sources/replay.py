@@ -241,7 +241,7 @@ def event_from_irc(
         msg = parse_line(line)
     except IrcParseError as exc:
         raise BadLine(str(exc)) from exc
-    if msg.command not in TWITCH_COMMANDS and not msg.command.isdigit():
+    if msg.command not in TWITCH_COMMANDS and not (msg.command.isascii() and msg.command.isdigit()):
         # IRC syntax is so loose that any text starting with a word parses; a command Twitch
         # never sends means the line is not from a Twitch log at all.
         raise BadLine(f"not a Twitch IRC line (command {msg.command[:20]!r})")

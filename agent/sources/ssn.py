@@ -221,7 +221,7 @@ def _in_channel(url: str) -> int | None:
     segments = [s for s in urlsplit(url).path.split("/") if s]
     if "join" in segments and len(segments) > segments.index("join") + 2:
         value = segments[segments.index("join") + 2]
-        return int(value) if value.isdigit() and len(value) < 4 else None
+        return int(value) if value.isascii() and value.isdigit() and len(value) < 4 else None
     return None
 
 
