@@ -818,8 +818,22 @@ def _unblock_x11_loop(icon: Any) -> None:
     if display is None:
         return
     log.debug("the X11 tray loop did not stop; closing its display connection")
+    # pystray's loop logs the closed connection as "An error occurred in the main loop" with
+    # a traceback; here that is the way out, not an error, so keep it off the console.
+    pystray_log = getattr(icon, "_log", None)
+    if isinstance(pystray_log, logging.Logger):
+        pystray_log.disabled = True
+    # The icon closes its display again when it is garbage-collected (`Icon.__del__`); a
+    # second close raises, which Python would print at exit as "Exception ignored in".
+    close = display.close
+
+    def close_once() -> None:
+        with contextlib.suppress(Exception):
+            close()
+
     try:
-        display.close()
+        display.close = close_once
+        close()
     except Exception:
         log.debug("closing the X11 display failed", exc_info=True)
 
