@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TextIO
 
+import tenacity
+
 from agent.bundle import MANIFEST_FILE, ModelBundle, load_bundle
 from agent.errors import ModelBundleError
 
@@ -144,73 +146,92 @@ def fetch_resumable(
 ) -> Path:
     """Download `url` into `part`, appending to what an earlier cut attempt left there.
 
-    A cut connection is retried up to `attempts` times, each time asking only for the rest
-    (`Range: bytes=N-`). A server that ignores Range (200 instead of 206) is read again from
-    the start. Returns `part` once the server says it has sent everything.
+    A cut connection is retried up to `attempts` times (tenacity: waits of `retry_wait`,
+    2 x `retry_wait`, ...), each time asking only for the rest (`Range: bytes=N-`). Two tries
+    without a single byte mean offline, said at once instead of after every attempt. A server
+    that ignores Range (200 instead of 206) is read again from the start. Returns `part` once
+    the server says it has sent everything.
     """
     part.parent.mkdir(parents=True, exist_ok=True)
-    last_error: BaseException | None = None
-    for attempt in range(max(1, attempts)):
-        if attempt:
-            sleep(retry_wait * attempt)
-        have = part.stat().st_size if part.exists() else 0
-        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-        if have:
-            request.add_header("Range", f"bytes={have}-")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                status = response.status
-                if status == 206:
-                    start = _range_start(response.headers.get("Content-Range", ""))
-                    if start != have:  # a server answering another range: start again
-                        have = 0
-                        mode = "wb"
-                    else:
-                        mode = "ab"
-                else:
-                    have, mode = 0, "wb"
-                length = response.headers.get("Content-Length")
-                total = have + int(length) if length and length.isdigit() else None
-                done = have
-                resumed_from = have
-                with part.open(mode) as handle:
-                    if progress is not None:
-                        progress(Progress(done, total, resumed_from))
-                    while block := response.read(CHUNK):
-                        handle.write(block)
-                        done += len(block)
-                        if progress is not None:
-                            progress(Progress(done, total, resumed_from))
-                if total is not None and done < total:
-                    raise http.client.IncompleteRead(b"", total - done)
-                return part
-        except urllib.error.HTTPError as error:
-            if error.code == 416 and have:
-                # "Range not satisfiable": the part is already whole (or longer than the
-                # file). The checksum decides; a bad one removes the part.
-                return part
-            raise ModelDownloadError(
-                f"the model server answered {error.code} {error.reason} for {url}: check "
-                f"[model] bundle_url in the settings"
-            ) from None
-        except ValueError as error:  # a malformed URL
-            raise ModelDownloadError(
-                f"[model] bundle_url {url!r} is not a usable URL ({error})"
-            ) from None
-        except Exception as error:
-            if not _is_network_failure(error):
-                raise
-            last_error = error
-            if attempt >= 1 and not (part.exists() and part.stat().st_size):
-                break  # twice no connection at all: offline, say so now instead of waiting
-    assert last_error is not None
-    if part.exists() and part.stat().st_size:
+
+    def spent_or_offline(state: tenacity.RetryCallState) -> bool:
+        if state.attempt_number >= max(1, attempts):
+            return True
+        return state.attempt_number >= 2 and not _has_bytes(part)
+
+    retrying = tenacity.Retrying(
+        stop=spent_or_offline,
+        wait=tenacity.wait_incrementing(start=retry_wait, increment=retry_wait),
+        retry=tenacity.retry_if_exception(_is_network_failure),
+        sleep=sleep,
+        reraise=True,
+    )
+    try:
+        return retrying(_fetch_once, url, part, progress, timeout)
+    except Exception as error:
+        if not _is_network_failure(error):
+            raise
+        last_error = error
+    if _has_bytes(part):
         raise ModelDownloadError(
             f"the model download from {urllib.parse.urlsplit(url).netloc} kept breaking off "
             f"({last_error}); {part.stat().st_size} bytes are kept and the next "
             f"`captaflow model get` resumes from there"
         )
     raise ModelDownloadError(_describe_offline(url, last_error))
+
+
+def _has_bytes(part: Path) -> bool:
+    return part.exists() and part.stat().st_size > 0
+
+
+def _fetch_once(url: str, part: Path, progress: ProgressCallback | None, timeout: float) -> Path:
+    """One attempt: the rest of the file after what `part` holds; raises on a cut."""
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status = response.status
+            if status == 206:
+                start = _range_start(response.headers.get("Content-Range", ""))
+                if start != have:  # a server answering another range: start again
+                    have = 0
+                    mode = "wb"
+                else:
+                    mode = "ab"
+            else:
+                have, mode = 0, "wb"
+            length = response.headers.get("Content-Length")
+            digits = length is not None and length.isascii() and length.isdigit()
+            total = have + int(length) if digits and length else None
+            done = have
+            resumed_from = have
+            with part.open(mode) as handle:
+                if progress is not None:
+                    progress(Progress(done, total, resumed_from))
+                while block := response.read(CHUNK):
+                    handle.write(block)
+                    done += len(block)
+                    if progress is not None:
+                        progress(Progress(done, total, resumed_from))
+            if total is not None and done < total:
+                raise http.client.IncompleteRead(b"", total - done)
+            return part
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and have:
+            # "Range not satisfiable": the part is already whole (or longer than the
+            # file). The checksum decides; a bad one removes the part.
+            return part
+        raise ModelDownloadError(
+            f"the model server answered {error.code} {error.reason} for {url}: check "
+            f"[model] bundle_url in the settings"
+        ) from None
+    except ValueError as error:  # a malformed URL
+        raise ModelDownloadError(
+            f"[model] bundle_url {url!r} is not a usable URL ({error})"
+        ) from None
 
 
 def _range_start(content_range: str) -> int | None:
