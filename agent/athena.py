@@ -20,7 +20,7 @@ import re
 from agent.checks import bucket_name, key_prefix, require
 from agent.errors import SettingsError
 from agent.layout import KEY_TEMPLATE, PARTITION_KEYS
-from agent.vocab import DEFAULT_DISPLAYED, LABELS, READING_COLUMNS
+from agent.vocab import DEFAULT_DISPLAYED, LABELS, PLATFORMS, READING_COLUMNS
 
 # The text form of window_start/window_end (agent.vocab.format_timestamp), in Java's
 # notation as Athena documents it.
@@ -126,6 +126,10 @@ def athena_ddl(
         if placeholder
         else ""
     )
+    # platform is an enum, not injected: Athena refuses a query on an injected column that
+    # does not pin it with '=', and a multistream query groups by platform over all of them.
+    # The set is closed: every source files a message under one of vocab.PLATFORMS.
+    platform_values = ",".join(PLATFORMS)
     return f"""{note}-- CaptaFlow readings: one row per window of chat, written by the agent's sync.
 -- Columns are read by position (LazySimpleSerDe). The CSV's own platform and channel are
 -- named row_platform and row_channel because Athena forbids a data column named like a
@@ -147,7 +151,8 @@ LOCATION '{location}'
 TBLPROPERTIES (
   'skip.header.line.count' = '1',
   'projection.enabled' = 'true',
-  'projection.platform.type' = 'injected',
+  'projection.platform.type' = 'enum',
+  'projection.platform.values' = '{platform_values}',
   'projection.channel.type' = 'injected',
   'projection.dt.type' = 'date',
   'projection.dt.format' = 'yyyy-MM-dd',

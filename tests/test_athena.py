@@ -173,7 +173,8 @@ def test_ddl_declares_every_column_in_order_and_the_projection() -> None:
     for prop in (
         "'skip.header.line.count' = '1'",
         "'projection.enabled' = 'true'",
-        "'projection.platform.type' = 'injected'",
+        "'projection.platform.type' = 'enum'",
+        "'projection.platform.values' = 'twitch,youtube,kick,tiktok,trovo,facebook,other'",
         "'projection.channel.type' = 'injected'",
         "'projection.dt.type' = 'date'",
         "'projection.dt.format' = 'yyyy-MM-dd'",
