@@ -265,7 +265,11 @@ def summarize_sessions(readings: pd.DataFrame) -> pd.DataFrame:
         np.where(all_uploaded.reindex(sessions.index), "uploaded", "on disk"),
     )
     sessions["duration"] = sessions["end"] - sessions["start"]
-    sessions = sessions.reset_index().sort_values("start", ascending=False, kind="stable")
+    # Replays of one recording share their chat's times: between those, the session started
+    # last on this PC (its id begins with that UTC instant) is the newer.
+    sessions = sessions.reset_index().sort_values(
+        ["start", "session_id"], ascending=[False, False], kind="stable"
+    )
     return sessions.reset_index(drop=True)
 
 

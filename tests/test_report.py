@@ -420,3 +420,18 @@ def test_a_multistream_shows_its_platforms_side_by_side(tmp_path: Path) -> None:
     assert "other-day" not in section  # another stream, not this one
     alone = build_report(root, session_id="other-day", out=tmp_path / "o.html")
     assert "Platforms side by side" not in alone.read_text(encoding="utf-8")
+
+
+def test_of_two_replays_of_one_recording_the_one_started_last_is_the_latest(
+    tmp_path: Path,
+) -> None:
+    # `captaflow demo` twice: both sessions hold the recording's own times; the session ids
+    # begin with the UTC instant each run started on this PC.
+    root = tmp_path / "spool"
+    first = "20261201t103032z-captaflow_demo-jnj4uh"
+    second = "20261201t103551z-captaflow_demo-aaaaaa"
+    write_sealed(root, make_readings(first, count=30, channel="captaflow_demo"))
+    write_sealed(root, make_readings(second, count=30, channel="captaflow_demo", seed=4))
+    page = build_report(root, latest=True, out=tmp_path / "r.html").read_text(encoding="utf-8")
+    [chosen] = [r for r in rows(table(page, "sessions")) if 'class="chosen"' in r]
+    assert second in chosen
