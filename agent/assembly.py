@@ -172,6 +172,7 @@ class StatusFileWriter:
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
         self.model_id = ""
+        self.model_dir = ""  # the bundle in use, so `captaflow status` names it
         self._clock = clock
         self._last = -STATUS_WRITE_SECONDS
 
@@ -181,7 +182,11 @@ class StatusFileWriter:
             return
         self._last = now
         record = StatusRecord.of(
-            status, pid=os.getpid(), written_at=time.time(), model_id=self.model_id
+            status,
+            pid=os.getpid(),
+            written_at=time.time(),
+            model_id=self.model_id,
+            model_dir=self.model_dir,
         )
         tmp = self.path.with_suffix(".tmp")
         with contextlib.suppress(OSError):  # a status file is a courtesy, never a failure

@@ -282,6 +282,7 @@ class Agent:
         if scorer is None:
             scorer = await asyncio.to_thread(open_scorer, s)
         self._status_file.model_id = scorer.model_id
+        self._status_file.model_dir = str(Path(s.model.dir).absolute())
         expected = expected_timeline(s)
         Path(s.data_dir).mkdir(parents=True, exist_ok=True)
         journal = open_journal(s)

@@ -90,6 +90,16 @@ def gather_status(settings: Settings) -> StatusFacts:
         age = max(0.0, time.time() - record.written_at)
     spool = Path(settings.spool.dir)
     counts = count_parts(spool)  # the spool's layout is agent.layout's to know
+    # While an agent runs, its own bundle is the one to name (it may have been given --model),
+    # not the settings' default folder.
+    model_dir = Path(settings.model.dir)
+    if (
+        record is not None
+        and running_pid is not None
+        and record.pid in (running_pid, 0)
+        and record.model_dir
+    ):
+        model_dir = Path(record.model_dir)
     return StatusFacts(
         running_pid=running_pid,
         record=record,
@@ -102,7 +112,7 @@ def gather_status(settings: Settings) -> StatusFacts:
         sync_enabled=settings.sync.enabled,
         bucket=settings.sync.bucket,
         prefix=settings.sync.prefix,
-        model=model_facts(Path(settings.model.dir)),
+        model=model_facts(model_dir),
         data_dir=data_dir,
     )
 

@@ -276,7 +276,8 @@ class StatusRecord:
                     "frames_skipped": "0"}, "session_id": "...", "channel": "...",
          "messages_per_second": 0.0, "messages_total": 2019, "duplicates_total": 0,
          "readings_total": 190, "parts_waiting": 1, "upload_state": "off (no bucket set)",
-         "dominant": "joy", "problem": "", "set_aside_total": 0, "model_id": "..."}
+         "dominant": "joy", "problem": "", "set_aside_total": 0, "model_id": "...",
+         "model_dir": "/abs/path/of/the/bundle"}
     """
 
     pid: int = 0
@@ -297,10 +298,17 @@ class StatusRecord:
     problem: str = ""
     set_aside_total: int = 0
     model_id: str = ""
+    model_dir: str = ""  # the bundle the agent scores with (absolute), "" when not known
 
     @classmethod
     def of(
-        cls, status: AgentStatus, *, pid: int, written_at: float, model_id: str = ""
+        cls,
+        status: AgentStatus,
+        *,
+        pid: int,
+        written_at: float,
+        model_id: str = "",
+        model_dir: str = "",
     ) -> StatusRecord:
         return cls(
             pid=pid,
@@ -326,6 +334,7 @@ class StatusRecord:
             problem=status.problem or "",
             set_aside_total=status.set_aside_total,
             model_id=model_id,
+            model_dir=model_dir,
         )
 
     def to_json(self) -> dict[str, Any]:

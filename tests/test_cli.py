@@ -449,6 +449,11 @@ def test_status_while_running_then_after_ctrl_c(home: Home, tiny_bundle: Path) -
         assert re.fullmatch(rf"agent: (running|trouble) \(pid {proc.pid}\)", lines[0]), lines
         assert any(line.startswith("source: ") for line in lines), lines
         assert any(re.match(r"session: \S+ on captaflow_demo: \d+ messages", x) for x in lines)
+        # The bundle the running agent was given (--model), not the settings' empty default.
+        manifest = json.loads((tiny_bundle / "manifest.json").read_text(encoding="utf-8"))
+        model_id = manifest["source_model"]["id"]
+        assert f"model: {model_id} at {tiny_bundle.absolute()}" in lines, lines
+        assert running.returncode == 0
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
     finally:
