@@ -217,3 +217,17 @@ def test_bad_names_are_settings_errors(bucket: str, prefix: str, table: str) -> 
 def test_empty_prefix_means_the_bucket_root() -> None:
     assert s3_location("my-bucket", "") == "s3://my-bucket/"
     assert s3_location("my-bucket", "a/b/") == "s3://my-bucket/a/b/"
+
+
+def test_without_a_bucket_the_statement_names_a_valid_placeholder_and_via_comes_last() -> None:
+    from agent.athena import PLACEHOLDER_BUCKET
+
+    ddl = athena_ddl(None, "captaflow")
+    assert ddl.startswith(f"-- No bucket is set: replace {PLACEHOLDER_BUCKET}")
+    assert f"LOCATION 's3://{PLACEHOLDER_BUCKET}/captaflow/'" in ddl
+    assert athena_ddl("", "") == athena_ddl(None, "")
+    columns = re.findall(r"^  `(\w+)`\s+(\w+)", ddl.split("PARTITIONED BY")[0], re.M)
+    assert columns[-1] == ("via", "STRING")  # appended: format-1 parts read it as NULL
+    assert [name for name, _ in columns][:-1] == [
+        DATA_COLUMN_RENAMES.get(c, c) for c in READING_COLUMNS[:-1]
+    ]
