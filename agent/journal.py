@@ -619,7 +619,8 @@ class Journal:
             return
         due = time.monotonic() - self._last_upkeep >= UPKEEP_SECONDS
         if self._since_upkeep >= UPKEEP_MESSAGES or due or self._over_target():
-            self.prune(time.time())
+            # The size bound only: age-based pruning stays the runtime's call to `prune`.
+            self.prune(self._clock(), by_age=False)
 
     def _over_target(self) -> bool:
         # Two cheap pragmas per commit: the bound is kept between two upkeeps too. When the
@@ -992,10 +993,11 @@ class Journal:
         free pages between two vacuums."""
         return max(self.max_bytes // 2, self.max_bytes - 3 * wal_budget(self.max_bytes))
 
-    def prune(self, now: float) -> int:
+    def prune(self, now: float, *, by_age: bool = True) -> int:
         """Keep the journal within `max_bytes` (database and WAL together).
 
-        Deletes messages older than `retention_days`, then the oldest until the live data is
+        Deletes messages older than `retention_days` (unless `by_age` is False: the journal's
+        own upkeep keeps only the size bound), then the oldest until the live data is
         back under `data_target` (with some slack, so pruning is not run for every message);
         then gives the freed pages back to the drive (incremental vacuum) and cuts the WAL back
         (TRUNCATE checkpoint). Only messages no reading is owed for are pruned: those of a
@@ -1006,7 +1008,7 @@ class Journal:
             return 0
         self._in_upkeep = True
         try:
-            return self._prune(now)
+            return self._prune(now, by_age)
         except sqlite3.Error as exc:
             if self._conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
@@ -1020,19 +1022,23 @@ class Journal:
             self._since_upkeep = 0
             self._last_upkeep = time.monotonic()
 
-    def _prune(self, now: float) -> int:
+    def _prune(self, now: float, by_age: bool) -> int:
         prunable = (
             "SELECT m.rowid FROM messages m LEFT JOIN batches b ON b.batch_id = m.batch_id "
             "WHERE (b.state IN ('written', 'set_aside') OR (m.scorable = 0 AND m.batch_id IS NULL))"
         )
-        cutoff = now - self.retention_days * 86400
-        deleted = self._delete_chunks(
-            f"DELETE FROM messages WHERE rowid IN ({prunable} "
-            "AND COALESCE(m.stored_at, m.received_at) < ? "
-            "ORDER BY m.rowid LIMIT ?)",
-            (cutoff,),
-        )
-        self._conn.execute("DELETE FROM moderation WHERE COALESCE(stored_at, at) < ?", (cutoff,))
+        deleted = 0
+        if by_age:
+            cutoff = now - self.retention_days * 86400
+            deleted = self._delete_chunks(
+                f"DELETE FROM messages WHERE rowid IN ({prunable} "
+                "AND COALESCE(m.stored_at, m.received_at) < ? "
+                "ORDER BY m.rowid LIMIT ?)",
+                (cutoff,),
+            )
+            self._conn.execute(
+                "DELETE FROM moderation WHERE COALESCE(stored_at, at) < ?", (cutoff,)
+            )
         target = self.data_target
         if self._db_bytes() > target:
             # Down to 80% of the target, oldest first.
@@ -1090,7 +1096,7 @@ class Journal:
             else:
                 # Leave the file within its bound: what was confirmed last is prunable now.
                 with contextlib.suppress(JournalError):
-                    self.prune(self._clock())
+                    self.prune(self._clock(), by_age=False)
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
