@@ -62,8 +62,9 @@ def plan(spool_dir: Path, listing: Iterable[SealedEntry], prefix: str) -> Plan:
     ranked: list[tuple[tuple[int, str, str, int, str], UploadItem]] = []
     skipped: list[str] = []
     for entry in listing:
-        if entry.relative.endswith(CHECKSUM_SUFFIX):
-            continue  # a part's checksum travels with it, never as an object of its own
+        if CHECKSUM_SUFFIX in PurePosixPath(entry.relative).name:
+            # A part's checksum (or one being written) travels with it, never on its own.
+            continue
         identity = parse_relative(PurePosixPath(entry.relative))
         if identity is None:
             skipped.append(entry.relative)
