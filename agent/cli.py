@@ -112,7 +112,8 @@ def _source_options(parser: argparse.ArgumentParser, *, top: bool = False) -> No
 
 
 def _ui_options(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
-    """The local web UI's port: for the tray (bare `captaflow`) and `run`."""
+    """The local web UI's port: for every command that runs the agent (the tray, `run`,
+    `demo`)."""
     parser.add_argument(
         "--ui-port",
         metavar="N",
@@ -166,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Replay the chat recording shipped with CaptaFlow through the whole flow (journal, "
         "windows, scorer, spool) and write its HTML report.",
     )
+    _ui_options(demo)
     demo.add_argument("--speed", default="max", help="recorded, max (default) or a factor")
     demo.add_argument("--quiet", action="store_true", help="no per-message preview lines")
     demo.add_argument(
@@ -296,12 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ask for a secret without echoing it and store it in the OS keyring "
         '(service "CaptaFlow").',
     )
+    _common(secret_set)
     secret_set.add_argument("name", help=_secret_names_help())
-    secret_sub.add_parser(
+    secret_list = secret_sub.add_parser(
         "list",
         help="which secrets are set, and where",
         description="Which secrets are set, and where (environment or keyring); never values.",
     )
+    _common(secret_list)
 
     model = sub.add_parser(
         "model",

@@ -87,7 +87,17 @@ def build_parser(prog: str = "python -m model_export") -> argparse.ArgumentParse
         help="with --stand-in: two layers and a small tokenizer (for tests, seconds)",
     )
     parser.add_argument(
-        "--out", type=Path, default=None, help=f"bundle directory (default: {default_model_dir()})"
+        "--out",
+        type=Path,
+        default=None,
+        help=f"bundle directory (default: DIR/model with --data-dir, else {default_model_dir()})",
+    )
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=None,
+        help="the agent's data folder: used only for the default --out (DIR/model, where the "
+        "agent looks for its model)",
     )
     parser.add_argument("--model-id", default=None, help=f"Hub model id (default: {MODEL_ID})")
     parser.add_argument(
@@ -142,7 +152,14 @@ def _run(args: argparse.Namespace) -> None:
         raise UsageError("--small goes with --stand-in only")
     if args.threads < 1:
         raise UsageError(f"--threads {args.threads} must be at least 1")
-    out: Path = (args.out or default_model_dir()).expanduser()
+    if args.out is not None:
+        out: Path = args.out.expanduser()
+    elif args.data_dir:
+        from agent.paths import resolve_locations
+
+        out = resolve_locations(data_dir=Path(args.data_dir).expanduser()).model_dir
+    else:
+        out = default_model_dir().expanduser()
     progress = StageClock()
     work_dir = intermediate_dir_for(out) if args.keep_intermediate else None
     common = {

@@ -775,3 +775,40 @@ def test_status_after_a_kill_tells_the_last_session_never_a_live_state(home: Hom
     ) in lines
     assert any(line.startswith("set aside: 1 window(s)") for line in lines)
     assert not any(line.startswith(("source:", "chat feels:", "problem:")) for line in lines)
+
+
+# ---- the new-user audit: each finding through the real command line --------------------------
+
+
+def test_demo_accepts_ui_port_like_every_command_that_runs_the_agent(
+    home: Home, tiny_bundle: Path
+) -> None:
+    result = home.run("demo", "--ui-port", "0", "--quiet", "--model", str(tiny_bundle))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[-1] == f"report: {home.data / 'reports' / 'demo.html'}"
+
+
+def test_secrets_list_and_set_accept_data_dir_after_the_action(home: Home) -> None:
+    listed = home.run("secrets", "list", "--data-dir", str(home.data), data_dir=False)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0] == (
+        "twitch_token: not set (`captaflow secrets set twitch_token`, or set "
+        "CAPTAFLOW_TWITCH_TOKEN)"
+    )
+    line = error_line(
+        home.run("secrets", "set", "--data-dir", str(home.data), "nosuch", data_dir=False), 2
+    )
+    assert line.startswith("captaflow: unknown secret 'nosuch': use one of twitch_token")
+
+
+def test_export_model_accepts_data_dir_for_its_default_out(home: Home) -> None:
+    helped = home.run("export-model", "--help", data_dir=False)
+    assert helped.returncode == 0
+    assert "used only for the default --out (DIR/model" in " ".join(helped.stdout.split())
+    result = home.run(
+        "export-model", "--tiny", "--threads", "1", "--data-dir", str(home.data), data_dir=False
+    )
+    assert result.returncode == 0, result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert re.fullmatch(rf"\[ *[\d.]+s\] done: {re.escape(str(home.data / 'model'))} \(.*\)", last)
+    assert (home.data / "model" / "manifest.json").is_file()
