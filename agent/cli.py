@@ -554,6 +554,12 @@ def cmd_score(inv: Invocation) -> int:
     settings = inv.settings()
     _require_model(settings)
     scorer = open_scorer(settings)
+    test_model = getattr(getattr(scorer, "bundle", None), "test_model", None)
+    if test_model:
+        print(
+            f"⚠ TEST MODEL ({test_model}): these emotions are random, not the text's",
+            file=sys.stderr,
+        )
     texts: Sequence[str] = inv.args.texts
     if not texts:
         if sys.stdin is None or sys.stdin.isatty():

@@ -196,14 +196,49 @@ def moment_json(moment: Moment, state: str) -> dict[str, Any]:
     }
 
 
+def model_json(model_dir: Path | str | None) -> dict[str, Any] | None:
+    """The model the readings come from: its id and, for a stand-in, the bundle manifest's
+    `test_model` label ("tiny random model"; None for the real export). No path goes out."""
+    if model_dir is None:
+        return None
+    from agent.bundle import MANIFEST_FILE, Manifest
+
+    try:
+        data = json.loads((Path(model_dir) / MANIFEST_FILE).read_text(encoding="utf-8"))
+        manifest = Manifest.from_json(data)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # the agent itself says what is wrong with the bundle
+    return {"id": manifest.source_model_id, "test_model": manifest.test_model}
+
+
+def duplicates_note(
+    status: Mapping[str, Any], readings: int, earlier_session: str | None = None
+) -> str | None:
+    """Why the dashboard shows no readings: the chat so far was recorded before (a second
+    replay of the same file). None unless duplicates dominate and no reading came."""
+    total = int(status.get("messages_total") or 0)
+    dups = int(status.get("duplicates_total") or 0)
+    if readings or int(status.get("readings_total") or 0) or dups == 0 or 2 * dups < total:
+        return None
+    what = f"all {dups}" if dups >= total else f"{dups} of {total}"
+    session = earlier_session or "ID"
+    return (
+        f"{what} messages so far were already recorded (duplicates) — re-score with "
+        f"captaflow replay --session {session}"
+    )
+
+
 def status_json(status: AgentStatus) -> dict[str, Any]:
-    """The snapshot as plain data; AgentStatus holds no secret, and only these fields go out."""
+    """The snapshot as plain data; AgentStatus holds no secret, and only these fields go out.
+    The chat rate has one definition: messages arriving in the last 10 s (the agent's
+    `messages_per_second`), also given per minute for the dashboard's card."""
     return {
         "state": str(status.state),
         "source": {"state": str(status.source.state), "detail": status.source.detail},
         "session_id": status.session_id,
         "channel": status.channel,
         "messages_per_second": round(status.messages_per_second, 2),
+        "messages_per_minute": round(60.0 * status.messages_per_second, 1),
         "messages_total": status.messages_total,
         "duplicates_total": status.duplicates_total,
         "readings_total": status.readings_total,
@@ -230,6 +265,8 @@ class LiveState:
     moments: dict[str, dict[str, Any]] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=lambda: status_json(AgentStatus()))
     markers: str = "off"
+    model: dict[str, Any] | None = None
+    earlier_session: str | None = None  # where the duplicates were recorded first
 
     def add_reading(self, reading: Reading) -> list[dict[str, Any]]:
         """The pushes this reading makes: maybe a new session, then the reading."""
@@ -276,6 +313,10 @@ class LiveState:
             "displayed": list(self.displayed),
             "moments": len(self.moments),
             "twitch_markers": self.markers,
+            "model": self.model,
+            "duplicates_note": duplicates_note(
+                self.status, len(self.readings), self.earlier_session
+            ),
         }
 
 
@@ -311,6 +352,8 @@ class LiveHub:
         self.push = push
         self.markers_note = "off"  # why markers are off, when they are
         self._sessions: set[str] = set()
+        # The session the duplicates were first recorded in (the agent's run stats).
+        self.duplicate_sessions: Callable[[], str | None] | None = None
 
     def on_reading(self, reading: Reading) -> None:
         self._forward("reading", reading)
@@ -335,6 +378,11 @@ class LiveHub:
             for event in self.moments.finish():
                 self._forward("moment", event)
             self._sessions.clear()
+        if status.duplicates_total and self.duplicate_sessions is not None:
+            try:
+                self._forward("earlier_session", self.duplicate_sessions())
+            except Exception:
+                log.debug("web UI: no duplicates' session", exc_info=True)
         self._forward("status", status)
 
     def markers_state(self) -> str:
@@ -470,6 +518,12 @@ class WebUI:
             pushes = self.state.add_reading(payload)
         elif kind == "moment":
             pushes = [self.state.add_moment(payload)]
+        elif kind == "earlier_session":
+            self.state.earlier_session = payload if isinstance(payload, str) else None
+            return
+        elif kind == "model":
+            self.state.model = payload
+            return
         elif kind == "status":
             self.state.status = status_json(payload)
             if self.hub is not None:
@@ -722,6 +776,13 @@ def attach(agent: AgentLike, settings: Any) -> LiveServices:
     hub = LiveHub(displayed=displayed, markers=open_markers(settings))
     agent.on_reading.append(hub.on_reading)
     agent.on_status.append(hub.on_status)
+
+    def earlier_session() -> str | None:
+        counts = getattr(getattr(agent, "stats", None), "duplicate_sessions", None)
+        top = counts.most_common(1) if counts else []
+        return str(top[0][0]) if top else None
+
+    hub.duplicate_sessions = earlier_session
     port = int(_setting(settings, "ui.port", DEFAULT_PORT))
     if port == 0:
         return LiveServices(hub, None, None)
@@ -777,6 +838,7 @@ def attach(agent: AgentLike, settings: Any) -> LiveServices:
             _SERVERS[web.port] = web
         web.follow(agent, hub=hub, report=report, markers_toggle=toggle, displayed=displayed)
     hub.push = web.push
+    web.push("model", model_json(_setting(settings, "model.dir", None)))
     web.push("status", agent.status())
     return LiveServices(hub, web, token)
 

@@ -361,3 +361,80 @@ def test_a_disk_that_cannot_keep_the_token_does_not_stop_the_agent(
         assert live.web is not None and live.token and len(live.token) >= 40
     finally:
         live.close()
+
+
+def _manifest_dir(tmp_path: Path, test_model: str | None) -> Path:
+    from agent.bundle import BUNDLE_FILES, MANIFEST_FILE, Manifest
+    from agent.vocab import LABELS
+
+    manifest = Manifest(
+        source_model_id="cardiffnlp/twitter-roberta-base-emotion-multilabel-latest",
+        source_revision="r1",
+        labels=LABELS,
+        max_length=128,
+        pad_token_id=1,
+        files={name: {"sha256": "0" * 64, "bytes": 1} for name in BUNDLE_FILES},
+        test_model=test_model,
+    )
+    folder = tmp_path / ("test" if test_model else "real")
+    folder.mkdir()
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest.to_json()), encoding="utf-8")
+    return folder
+
+
+def test_the_status_says_which_model_and_whether_it_is_a_test_model(
+    ui: tuple[WebUI, FakeAgent], tmp_path: Path
+) -> None:
+    from agent.webui import model_json
+
+    web, _ = ui
+    assert json.loads(get(web.port, "/api/status")[2])["model"] is None
+    real = model_json(_manifest_dir(tmp_path, None))
+    assert real == {
+        "id": "cardiffnlp/twitter-roberta-base-emotion-multilabel-latest",
+        "test_model": None,
+    }
+    assert model_json(tmp_path / "nowhere") is None
+    web.push("model", model_json(_manifest_dir(tmp_path, "tiny random model")))
+    assert wait_for(lambda: web.state.model is not None, 5)
+    status = json.loads(get(web.port, "/api/status")[2])
+    assert status["model"]["test_model"] == "tiny random model"
+    assert str(tmp_path) not in json.dumps(status)  # no path goes out
+
+
+def test_a_replay_of_recorded_chat_says_why_there_are_no_readings(
+    ui: tuple[WebUI, FakeAgent],
+) -> None:
+    web, agent = ui
+    hub = web.hub
+    assert hub is not None
+    hub.duplicate_sessions = lambda: "twitch-webui_test-20251124"
+    for callback in agent.on_status:
+        callback(AgentStatus(state=AgentState.RUNNING, messages_total=40, duplicates_total=40))
+    assert wait_for(lambda: web.state.status["duplicates_total"] == 40, 5)
+    note = json.loads(get(web.port, "/api/status")[2])["duplicates_note"]
+    assert note == (
+        "all 40 messages so far were already recorded (duplicates) — re-score with "
+        "captaflow replay --session twitch-webui_test-20251124"
+    )
+    # New chat, readings: no note.
+    for callback in agent.on_status:
+        callback(
+            AgentStatus(
+                state=AgentState.RUNNING,
+                messages_total=100,
+                duplicates_total=40,
+                readings_total=3,
+            )
+        )
+    assert wait_for(lambda: web.state.status["readings_total"] == 3, 5)
+    assert json.loads(get(web.port, "/api/status")[2])["duplicates_note"] is None
+
+
+def test_the_chat_rate_has_one_definition(ui: tuple[WebUI, FakeAgent]) -> None:
+    web, agent = ui
+    for callback in agent.on_status:
+        callback(AgentStatus(state=AgentState.RUNNING, messages_per_second=6.5))
+    assert wait_for(lambda: web.state.status["state"] == "running", 5)
+    status = json.loads(get(web.port, "/api/status")[2])
+    assert status["messages_per_second"] == 6.5 and status["messages_per_minute"] == 390.0

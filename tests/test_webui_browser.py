@@ -154,8 +154,24 @@ def test_dashboard_and_overlay_live_during_a_replay(tiny_bundle: Path, tmp_path:
         assert dashboard.eval("location.hash") == "", "the token must leave the address bar"
         assert dashboard.eval("document.getElementById('start').disabled") is True  # running
         assert dashboard.eval("document.getElementById('stop').disabled") is False
+        assert dashboard.eval("document.getElementById('control-hint').textContent") == "running"
+        # The tiny model's readings are labelled wherever they are shown (its manifest says
+        # "tiny random model"): a banner on the dashboard, a marker on the overlay's preview.
+        banner = dashboard.wait(
+            "!document.getElementById('test-model').hidden"
+            " && document.getElementById('test-model').textContent",
+            30,
+        )
+        assert banner == "TEST MODEL: tiny random model — these emotions are random"
+        assert get_json(port, "/api/status")["model"] == {
+            "id": json.loads((tiny_bundle / "manifest.json").read_text())["source_model"]["id"],
+            "test_model": "tiny random model",
+        }
+        assert "label=1" in str(dashboard.eval("document.getElementById('preview').src"))
+        assert "label=1" not in str(dashboard.eval("document.getElementById('overlay-url').value"))
         shots["dashboard-readings"] = dashboard.screenshot(tmp_path / "dashboard-readings.png")
         overlay.wait("document.querySelector('.row .value').textContent !== ''", 30)
+        assert overlay.eval("document.querySelector('.test-model') === null")  # goes on stream
         shots["overlay"] = overlay.screenshot(tmp_path / "overlay.png")
 
         # The moment, live: announced while the replay is still running.

@@ -19,8 +19,25 @@ let displayed = ["anger", "fear", "joy", "optimism", "sadness", "surprise"];
 let readings = [];
 const moments = new Map();
 let streamStart = null;
+let previewLabel = false; // the preview (not the copied URL) marks a test model: label=1
 
-function draw(canvas, items, fromTime) {
+// VOD time (from the session's first reading) as h:mm:ss / hh:mm:ss.
+function vodTime(seconds) {
+  const s = Math.max(0, Math.round(seconds));
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${pad(Math.floor(s / 3600))}:${pad(Math.floor((s % 3600) / 60))}:${pad(s % 60)}`;
+}
+
+// A tick step (seconds) that gives about `count` time labels over `span`.
+function timeStep(span, count) {
+  const steps = [10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600];
+  return steps.find((s) => span / s <= count) || 43200;
+}
+
+// One chart: the displayed emotions from `fromTime` (reading window times, i.e. stream/VOD
+// time, never the wall clock: a fast replay shows the right span) to the last reading, with a
+// value axis (probability, %) on the left and VOD-time labels below.
+function draw(canvas, items, fromTime, toTime) {
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth * ratio;
   const height = canvas.clientHeight * ratio;
@@ -28,22 +45,43 @@ function draw(canvas, items, fromTime) {
   canvas.height = height;
   const g = canvas.getContext("2d");
   g.clearRect(0, 0, width, height);
+  const left = 40 * ratio, bottom = 18 * ratio, topPad = 6 * ratio;
+  const plotW = Math.max(1, width - left - 4 * ratio), plotH = Math.max(1, height - bottom - topPad);
+  const shown = items.filter((r) => r.end >= fromTime);
+  const top = shown.length
+    ? Math.min(1, Math.ceil(10 * Math.max(0.2, ...shown.map((r) => Math.max(...displayed.map((l) => r.scores[l]))))) / 10)
+    : 1;
+  const t0 = fromTime;
+  const t1 = Math.max(toTime, t0 + 1);
+  const x = (t) => left + ((t - t0) / (t1 - t0)) * plotW;
+  const y = (v) => topPad + plotH - (v / top) * plotH;
+  g.font = `${11 * ratio}px system-ui, sans-serif`;
+  g.fillStyle = "#9aa0ad";
   g.strokeStyle = "#2a2e3a";
   g.lineWidth = 1;
-  for (let i = 1; i < 4; i++) {
-    const y = (height * i) / 4;
-    g.beginPath(); g.moveTo(0, y); g.lineTo(width, y); g.stroke();
+  g.textAlign = "right";
+  g.textBaseline = "middle";
+  for (let i = 0; i <= 4; i++) {
+    const v = (top * i) / 4, py = y(v);
+    g.beginPath(); g.moveTo(left, py); g.lineTo(width, py); g.stroke();
+    g.fillText(`${Math.round(100 * v)}%`, left - 4 * ratio, py);
   }
-  const shown = items.filter((r) => r.end >= fromTime);
+  g.textAlign = "center";
+  g.textBaseline = "top";
+  const origin = streamStart ?? t0;
+  const step = timeStep(t1 - t0, Math.max(2, Math.floor(plotW / (80 * ratio))));
+  const firstTick = origin + Math.ceil((t0 - origin) / step) * step;
+  for (let t = firstTick; t <= t1 + 1e-6; t += step) {
+    const px = x(t);
+    g.beginPath(); g.moveTo(px, topPad + plotH); g.lineTo(px, topPad + plotH + 3 * ratio); g.stroke();
+    g.fillText(vodTime(t - origin), Math.min(Math.max(px, left + 24 * ratio), width - 26 * ratio), topPad + plotH + 4 * ratio);
+  }
   if (!shown.length) return;
-  const t0 = Math.min(fromTime, shown[0].start);
-  const t1 = Math.max(shown[shown.length - 1].end, t0 + 1);
-  const top = Math.max(0.5, ...shown.map((r) => Math.max(...displayed.map((l) => r.scores[l]))));
-  const x = (t) => ((t - t0) / (t1 - t0)) * width;
-  const y = (v) => height - (v / top) * (height - 6) - 3;
-  // Many readings: one point per pixel column (the mean of its readings).
-  const columns = Math.max(1, Math.floor(width / 2));
-  const bucket = (t) => Math.min(columns - 1, Math.floor(((t - t0) / (t1 - t0)) * columns));
+  g.save();
+  g.beginPath(); g.rect(left, 0, plotW + 4 * ratio, topPad + plotH); g.clip();
+  // Many readings: one point per two pixel columns (the mean of its readings).
+  const columns = Math.max(1, Math.floor(plotW / 2));
+  const bucket = (t) => Math.min(columns - 1, Math.max(0, Math.floor(((t - t0) / (t1 - t0)) * columns)));
   for (const label of displayed) {
     const sums = new Map();
     for (const r of shown) {
@@ -67,8 +105,9 @@ function draw(canvas, items, fromTime) {
   g.fillStyle = "#ffd36b";
   for (const m of moments.values()) {
     if (m.start < t0 || m.start > t1) continue;
-    g.fillRect(x(m.start) - ratio, 0, 2 * ratio, height);
+    g.fillRect(x(m.start) - ratio, topPad, 2 * ratio, plotH);
   }
+  g.restore();
 }
 
 let pending = false;
@@ -77,9 +116,11 @@ function redraw() {
   pending = true;
   requestAnimationFrame(() => {
     pending = false;
-    const last = readings.length ? readings[readings.length - 1].end : Date.now() / 1000;
-    draw($("recent"), readings, last - RECENT_SECONDS);
-    draw($("whole"), readings, streamStart || (readings.length ? readings[0].start : last));
+    // Stream time: the last reading's window end, not the wall clock.
+    const last = readings.length ? readings[readings.length - 1].end : (streamStart ?? 0) + RECENT_SECONDS;
+    const first = streamStart ?? (readings.length ? readings[0].start : last - RECENT_SECONDS);
+    draw($("recent"), readings, Math.max(first, last - RECENT_SECONDS), Math.max(last, first + RECENT_SECONDS));
+    draw($("whole"), readings, first, last);
   });
 }
 
@@ -126,7 +167,24 @@ function setStatus(s) {
   const running = ["running", "trouble", "starting"].includes(s.state);
   $("start").disabled = !token || running;
   $("stop").disabled = !token || !running;
-  $("start").title = $("stop").title = token ? "" : "open the dashboard from the tray to control the agent";
+  const hint = !token
+    ? "open the dashboard from the tray to control the agent"
+    : running ? "running" : "stopped";
+  $("start").title = $("stop").title = hint;
+  $("control-hint").textContent = hint;
+  // One chat rate: messages that reached the agent in the last 10 s, per minute (the API's).
+  if (typeof s.messages_per_minute === "number") {
+    $("rate").textContent = Math.round(s.messages_per_minute).toLocaleString();
+  }
+  const testModel = s.model && s.model.test_model;
+  $("test-model").hidden = !testModel;
+  $("test-model").textContent = testModel ? `TEST MODEL: ${testModel} — these emotions are random` : "";
+  $("notice").hidden = !s.duplicates_note;
+  $("notice").textContent = s.duplicates_note || "";
+  if (previewLabel !== Boolean(testModel)) {
+    previewLabel = Boolean(testModel);
+    overlayUrl();
+  }
 }
 
 const feed = captaflowLive({
@@ -147,10 +205,7 @@ const feed = captaflowLive({
     count.textContent = readings.length.toLocaleString();
     $("dominant").textContent = r.dominant;
     $("dominant").style.color = CAPTAFLOW_COLORS[r.dominant] || "";
-    const recent = readings.slice(-10);
-    const span = Math.max(1, recent[recent.length - 1].end - recent[0].start);
-    const messages = recent.reduce((n, x) => n + x.messages, 0);
-    $("rate").textContent = Math.round((60 * messages) / span).toLocaleString();
+    $("notice").hidden = true;
     redraw();
   },
   moment(m) {
@@ -206,7 +261,8 @@ function overlayUrl() {
   });
   const url = `${location.origin}/overlay?${query}`;
   $("overlay-url").value = url;
-  if ($("preview").src !== url) $("preview").src = url;
+  const preview = previewLabel ? `${url}&label=1` : url;
+  if ($("preview").src !== preview) $("preview").src = preview;
 }
 
 ["o-layout", "o-theme", "o-smoothing"].forEach((id) => $(id).addEventListener("change", overlayUrl));

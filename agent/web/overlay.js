@@ -2,6 +2,8 @@
 //   layout=bars|meter|line   emotions=joy,anger,surprise   theme=dark|light
 //   smoothing=0..0.95 (weight of the past in each update)   minutes=2 (line layout)
 //   names=1|0 (label rows)   scale=1 (a bar is full at this probability)
+//   label=1 (a small "TEST MODEL" marker when the readings come from a test model; off by
+//   default since the overlay goes on stream; the dashboard's preview turns it on)
 // Survives OBS's "refresh browser when scene becomes active": it re-reads the last readings
 // from the agent (the same values, so the same picture) and keeps them in localStorage too.
 "use strict";
@@ -17,6 +19,7 @@ const scale = Math.min(1, Math.max(0.05, parseFloat(params.get("scale") ?? "1") 
 const wanted = (params.get("emotions") || "joy,anger,surprise").split(",").map((s) => s.trim())
   .filter((l) => l in CAPTAFLOW_COLORS && l !== "message_rate");
 const emotions = wanted.length ? wanted : ["joy", "anger", "surprise"];
+const showLabel = params.get("label") === "1";
 const storeKey = `captaflow-overlay:${location.search}`;
 const root = document.getElementById("overlay");
 root.classList.add(theme, layout);
@@ -136,7 +139,23 @@ build();
 paint();
 let offline = null;
 let fresh = true;
+let marker = null;
+function testModel(label) {
+  if (!showLabel) return;
+  if (label && !marker) {
+    marker = document.createElement("div");
+    marker.className = "test-model";
+    document.body.append(marker);
+  } else if (!label && marker) {
+    marker.remove();
+    marker = null;
+  }
+  if (marker) marker.textContent = `TEST MODEL: ${label}`;
+}
 captaflowLive({
+  status(s) {
+    testModel(s.model && s.model.test_model);
+  },
   history: 200,
   session(id) {
     if (id !== session) {
