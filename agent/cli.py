@@ -1,6 +1,7 @@
 """The `captaflow` command line: one entry for the tray, the headless agent and the tools.
 
-Exit status: 0 on success, 2 for bad usage or settings, 1 for other failures. Errors are one
+Exit status: 0 on success, 2 for bad usage or settings, 1 for other failures, 141 (quietly)
+when the reader of stdout went away (`captaflow config --show | head -3`). Errors are one
 line on stderr that says what to do; `--debug` shows the traceback. An unexpected error is
 written to the log file with its traceback, and the one line says where that file is.
 
@@ -879,7 +880,36 @@ def _export_model(argv: list[str]) -> int:
     return export_main(argv, prog=f"{PROG} export-model")
 
 
+# What a shell reports for a command whose output pipe was closed (128 + SIGPIPE).
+STDOUT_CLOSED_STATUS = 141
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (`captaflow config --show | head -3`): end quietly.
+
+    As Python's signal docs advise, stdout is pointed at devnull so the interpreter's final
+    flush cannot fail again with "Exception ignored ... BrokenPipeError"."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, AttributeError, ValueError):  # no real file descriptor behind stdout
+        pass
+    return STDOUT_CLOSED_STATUS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        status = _main(argv)
+        if sys.stdout is not None:
+            sys.stdout.flush()  # output still buffered meets a closed pipe here
+        return status
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "export-model":
         return _export_model(argv[1:])
@@ -890,6 +920,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         inv = Invocation(args)
         handler = COMMANDS.get(args.command or "", cmd_tray)
         return handler(inv)
+    except BrokenPipeError:
+        raise  # not a failure: whoever read stdout has stopped reading (see `main`)
     except CaptaFlowError as exc:
         if debug:
             raise

@@ -812,3 +812,19 @@ def test_export_model_accepts_data_dir_for_its_default_out(home: Home) -> None:
     last = result.stderr.splitlines()[-1]
     assert re.fullmatch(rf"\[ *[\d.]+s\] done: {re.escape(str(home.data / 'model'))} \(.*\)", last)
     assert (home.data / "model" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("command", [["config", "--show"], ["athena-ddl"], ["status"]])
+def test_a_closed_stdout_pipe_ends_quietly(home: Home, command: list[str]) -> None:
+    """`captaflow config --show | head -3`: the reader left; no error, no traceback."""
+    home.write_settings("")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "--data-dir", str(home.data), *command],
+        env=home.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    proc.stdout.close()  # before the command writes: every write meets a closed pipe
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141, err
+    said = [line for line in err.splitlines() if not line.startswith("captaflow: no bucket set")]
+    assert said == [], err
