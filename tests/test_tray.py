@@ -649,20 +649,26 @@ def open_menu(env: dict[str, str], tmp_path: Path, name: str) -> tuple[Image.Ima
 
     before = screenshot(env, tmp_path / f"{name}-before.png")
     xdotool(env, "mousemove", "16", "16", "click", "3")
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while True:
+        time.sleep(0.4)
         shot = screenshot(env, tmp_path / f"{name}.png")
-        changed = np.any(np.asarray(shot) != np.asarray(before), axis=2)
-        changed[: BAR[3] + 1, :] = False
-        if changed.sum() > 2000:
-            break
+        rows = _menu_rows(shot, before)
+        # A menu is there once its lines are drawn (it maps blank first on a busy machine).
+        if len(rows) >= 3:
+            time.sleep(0.4)
+            shot = screenshot(env, tmp_path / f"{name}.png")
+            return shot, _menu_rows(shot, before)
         if time.monotonic() > deadline:
-            pytest.fail("the right click opened no menu")
-        time.sleep(0.3)
-    time.sleep(0.5)  # let it finish drawing
-    shot = screenshot(env, tmp_path / f"{name}.png")
+            pytest.fail(f"the right click opened no menu (rows {rows})")
+
+
+def _menu_rows(shot: Image.Image, before: Image.Image) -> list[dict]:
+    """The text rows of what appeared below the bar since `before`, top to bottom."""
     changed = np.any(np.asarray(shot) != np.asarray(before), axis=2)
     changed[: BAR[3] + 1, :] = False
+    if changed.sum() < 2000:
+        return []
     ys, xs = np.nonzero(changed)
     x0, y0, x1, y1 = xs.min(), ys.min(), xs.max(), ys.max()
     lum = np.asarray(shot, dtype=np.float32).mean(axis=2)[y0 : y1 + 1, x0 + 3 : x1 - 2]
@@ -682,7 +688,7 @@ def open_menu(env: dict[str, str], tmp_path: Path, name: str) -> tuple[Image.Ima
                     }
                 )
             start = None
-    return shot, rows
+    return rows
 
 
 def click(env: dict[str, str], row: dict) -> None:
