@@ -216,11 +216,11 @@ def duplicates_note(
 ) -> str | None:
     """Why the dashboard shows no readings: the chat so far was recorded before (a second
     replay of the same file). None unless duplicates dominate and no reading came."""
-    total = int(status.get("messages_total") or 0)
+    new = int(status.get("messages_total") or 0)  # new messages: duplicates not counted
     dups = int(status.get("duplicates_total") or 0)
-    if readings or int(status.get("readings_total") or 0) or dups == 0 or 2 * dups < total:
+    if readings or int(status.get("readings_total") or 0) or dups == 0 or dups < new:
         return None
-    what = f"all {dups}" if dups >= total else f"{dups} of {total}"
+    what = f"all {dups}" if new == 0 else f"{dups} of {dups + new}"
     session = earlier_session or "ID"
     return (
         f"{what} messages so far were already recorded (duplicates) — re-score with "

@@ -410,13 +410,18 @@ def test_a_replay_of_recorded_chat_says_why_there_are_no_readings(
     assert hub is not None
     hub.duplicate_sessions = lambda: "twitch-webui_test-20251124"
     for callback in agent.on_status:
-        callback(AgentStatus(state=AgentState.RUNNING, messages_total=40, duplicates_total=40))
+        callback(AgentStatus(state=AgentState.RUNNING, messages_total=0, duplicates_total=40))
     assert wait_for(lambda: web.state.status["duplicates_total"] == 40, 5)
     note = json.loads(get(web.port, "/api/status")[2])["duplicates_note"]
     assert note == (
         "all 40 messages so far were already recorded (duplicates) — re-score with "
         "captaflow replay --session twitch-webui_test-20251124"
     )
+    from agent.webui import duplicates_note
+
+    mostly = {"messages_total": 10, "duplicates_total": 30, "readings_total": 0}
+    assert str(duplicates_note(mostly, 0, "S")).startswith("30 of 40 messages so far")
+    assert duplicates_note({**mostly, "messages_total": 31}, 0, "S") is None
     # New chat, readings: no note.
     for callback in agent.on_status:
         callback(
