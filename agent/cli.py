@@ -504,17 +504,41 @@ def _run_agent(
             own_session=own_session,
         )
         agent.run_forever()
-        status = agent.status()
-        print(
-            f"stopped: session {agent.session_id}, {agent.stats.messages} messages "
-            f"({agent.stats.duplicates} duplicates dropped, {agent.stats.not_scored} bots/commands "
-            f"not scored), {len(agent.stats.readings)} readings; parts waiting for upload: "
-            f"{status.parts_waiting}",
-            file=sys.stderr,
-        )
+        for line in stopped_lines(
+            agent.session_id,
+            messages=agent.stats.messages,
+            duplicates=agent.stats.duplicates,
+            not_scored=agent.stats.not_scored,
+            readings=len(agent.stats.readings),
+            parts_waiting=agent.status().parts_waiting,
+        ):
+            print(line, file=sys.stderr)
         if (note := agent.duplicates_note()) is not None:
             print(note, file=sys.stderr)
     return settings
+
+
+def stopped_lines(
+    session_id: str | None,
+    *,
+    messages: int,
+    duplicates: int,
+    not_scored: int,
+    readings: int,
+    parts_waiting: int,
+) -> list[str]:
+    """What `run` / `demo` say when the agent has stopped: short lines (a narrow terminal must
+    not wrap them), and never "None" for a session that never began."""
+    waiting = f"{parts_waiting} part(s) waiting for upload"
+    if not session_id:
+        lines = ["stopped: no chat arrived, nothing recorded"]
+        return lines + [f"  {waiting}"] if parts_waiting else lines
+    return [
+        f"stopped: session {session_id}",
+        f"  {messages} messages ({duplicates} duplicates dropped, {not_scored} bots/commands "
+        f"not scored)",
+        f"  {readings} readings; {waiting}",
+    ]
 
 
 def cmd_demo(inv: Invocation) -> int:

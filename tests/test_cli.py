@@ -785,7 +785,40 @@ def test_demo_accepts_ui_port_like_every_command_that_runs_the_agent(
 ) -> None:
     result = home.run("demo", "--ui-port", "0", "--quiet", "--model", str(tiny_bundle))
     assert result.returncode == 0, result.stderr
-    assert result.stderr.splitlines()[-1] == f"report: {home.data / 'reports' / 'demo.html'}"
+    lines = result.stderr.splitlines()
+    assert lines[-1] == f"report: {home.data / 'reports' / 'demo.html'}"
+    # The stopped summary: short lines, so a 100-column terminal does not wrap them.
+    assert re.fullmatch(r"stopped: session \S+", lines[-4]), lines
+    assert lines[-3] == "  2019 messages (0 duplicates dropped, 6 bots/commands not scored)"
+    assert re.fullmatch(r"  \d+ readings; 1 part\(s\) waiting for upload", lines[-2]), lines
+    assert all(len(line) <= 100 for line in lines[-4:-1]), lines
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX")
+@pytest.mark.timeout(120)
+def test_ctrl_c_before_any_chat_says_nothing_was_recorded_never_none(
+    home: Home, tiny_bundle: Path
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on: Streamer.bot is not running
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "--data-dir", str(home.data), "run", "--source",
+         "streamerbot", "--server-url", f"ws://127.0.0.1:{port}/", "--ui-port", "0",
+         "--model", str(tiny_bundle), "--quiet"],
+        env=home.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: (home.data / "status.json").is_file(), 60)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert err.splitlines()[-1] == "stopped: no chat arrived, nothing recorded", err
+    assert "None" not in err
 
 
 def test_secrets_list_and_set_accept_data_dir_after_the_action(home: Home) -> None:
