@@ -532,7 +532,7 @@ def stopped_lines(
     waiting = f"{parts_waiting} part(s) waiting for upload"
     if not session_id:
         lines = ["stopped: no chat arrived, nothing recorded"]
-        return lines + [f"  {waiting}"] if parts_waiting else lines
+        return [*lines, f"  {waiting}"] if parts_waiting else lines
     return [
         f"stopped: session {session_id}",
         f"  {messages} messages ({duplicates} duplicates dropped, {not_scored} bots/commands "
