@@ -65,10 +65,20 @@ def rescore_session(
     try:
         sessions = {s.session_id: s for s in journal.sessions()}
         if session_id not in sessions:
-            known = ", ".join(sorted(sessions)[-5:]) or "none yet"
+            # Newest first, like the report's and markers' list of known sessions.
+            newest = sorted(
+                sessions.values(), key=lambda s: (s.started_at, s.session_id), reverse=True
+            )
+            known = ", ".join(s.session_id for s in newest[:5])
+            more = f" (and {len(newest) - 5} more)" if len(newest) > 5 else ""
+            listing = (
+                f"known sessions (newest first) are {known}{more}"
+                if known
+                else "it holds no session yet"
+            )
             raise UsageError(
-                f"no session {session_id!r} in the journal (latest: {known}); "
-                f"see `captaflow status` or the report's session table"
+                f"no session {session_id!r} in the journal: {listing}; see `captaflow status` "
+                f"or the report's session table"
             )
         info = sessions[session_id]
         entries = [e for e in journal.messages(session_id) if e.scorable]

@@ -861,3 +861,23 @@ def test_a_closed_stdout_pipe_ends_quietly(home: Home, command: list[str]) -> No
     assert proc.returncode == 141, err
     said = [line for line in err.splitlines() if not line.startswith("captaflow: no bucket set")]
     assert said == [], err
+
+
+def test_unknown_sessions_list_the_known_ones_newest_first(home: Home, tiny_bundle: Path) -> None:
+    made = []
+    for _ in range(3):
+        demo = home.run("demo", "--ui-port", "0", "--quiet", "--model", str(tiny_bundle))
+        assert demo.returncode == 0, demo.stderr
+        made.append(demo.stderr.splitlines()[-4].removeprefix("stopped: session "))
+        time.sleep(1.1)  # ids begin with the start second: the report orders ties by them
+    newest_first = ", ".join(reversed(made))
+    line = error_line(home.run("markers", "--session", "x"), 2)
+    assert line == (
+        f"captaflow: no session 'x' in {home.data / 'spool'}: known sessions (newest first) are "
+        f"{newest_first}"
+    )
+    line = error_line(home.run("replay", "--session", "nosuch", "--model", str(tiny_bundle)), 2)
+    assert line == (
+        f"captaflow: no session 'nosuch' in the journal: known sessions (newest first) are "
+        f"{newest_first}; see `captaflow status` or the report's session table"
+    )
