@@ -170,7 +170,7 @@ def names_list(value: Any, from_cli: bool) -> tuple[str, ...]:
 
 
 def speed(value: Any, from_cli: bool) -> float | str:
-    expected = '"recorded", "max" or a speed-up factor from 0 to 10000 such as 4'
+    expected = '"recorded", "max" or a speed-up factor over 0 and at most 10000 such as 4'
     if isinstance(value, str):
         word = value.strip().lower()
         if word == "recorded":

@@ -881,3 +881,11 @@ def test_unknown_sessions_list_the_known_ones_newest_first(home: Home, tiny_bund
         f"captaflow: no session 'nosuch' in the journal: known sessions (newest first) are "
         f"{newest_first}; see `captaflow status` or the report's session table"
     )
+
+
+def test_speed_0_is_refused_with_a_range_that_excludes_it(home: Home) -> None:
+    line = error_line(home.run("demo", "--speed", "0"), 2)
+    assert line == (
+        'captaflow: source.speed = "0" on the command line: expected "recorded", "max" or a '
+        "speed-up factor over 0 and at most 10000 such as 4"
+    )

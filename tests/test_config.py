@@ -174,7 +174,7 @@ BOUNDED = [
     ("sync.interval_seconds", "1e7", "a number > 0 and ≤ 86400"),
     ("sync.region", '"Europe"', 'an AWS region such as "eu-west-1"'),
     ("sync.region", '"eu-west-1; rm -rf"', 'an AWS region such as "eu-west-1"'),
-    ("source.speed", "1e9", '"recorded", "max" or a speed-up factor from 0 to 10000'),
+    ("source.speed", "1e9", '"recorded", "max" or a speed-up factor over 0 and at most 10000'),
 ]
 
 
