@@ -603,22 +603,32 @@ def menu_host(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple]
         assert address, "dbus-daemon gave no address"
         env = dict(xserver, DBUS_SESSION_BUS_ADDRESS=address)
         host_log = open(tmp_path / "sni-host.log", "w")  # noqa: SIM115 (closed below)
-        host = subprocess.Popen(
-            # A light grey bar like trayer's, so the icon's see-through corners can be checked.
-            [SNI_HOST, "--top", "--beginning", "--size", "32", "--watcher", "--color", "#dcdad5"],
-            env=env,
-            stdout=host_log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 90  # a Haskell program starting on a busy machine
-        while not _watcher_up(address):
-            if host.poll() is not None or time.monotonic() > deadline:
-                host_log.flush()
-                pytest.fail(
-                    f"the StatusNotifier host did not come up (exit {host.poll()}): "
-                    f"{(tmp_path / 'sni-host.log').read_text()[-1500:]}"
-                )
-            time.sleep(0.3)
+        # gtk-sni-tray-standalone sometimes dies at start with "Pattern match failure" when
+        # it asks its own, just-started watcher too early (its race, not ours): retry twice.
+        for _attempt in range(3):
+            host = subprocess.Popen(
+                # A light grey bar like trayer's, so the see-through corners can be checked.
+                [SNI_HOST, "--top", "--beginning", "--size", "32", "--watcher", "--color",
+                 "#dcdad5"],
+                env=env,
+                stdout=host_log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            deadline = time.monotonic() + 90  # a Haskell program starting on a busy machine
+            while not _watcher_up(address) and host.poll() is None:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.3)
+            if host.poll() is None and _watcher_up(address):
+                break
+            host.kill()
+            host.wait(timeout=10)
+        else:
+            host_log.flush()
+            pytest.fail(
+                f"the StatusNotifier host did not come up: "
+                f"{(tmp_path / 'sni-host.log').read_text()[-1500:]}"
+            )
         yield env, "appindicator"
     finally:
         if host is not None:
