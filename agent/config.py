@@ -543,6 +543,21 @@ def _toml_repr(value: Any) -> str:
     return str(value)
 
 
+def _as_written(raw: Any, checked: Any, from_cli: bool) -> Any:
+    """What `config --show` prints for a value: a word the check turned into a number (speed
+    "recorded" is 1.0) as it was written, so the line says what the file and README say; a
+    number given as a flag (`--ui-port 0`, text on the command line) as the number."""
+    if not isinstance(raw, str) or isinstance(checked, str | bool):
+        return checked
+    if from_cli:
+        try:
+            float(raw)
+        except ValueError:
+            return raw
+        return checked
+    return raw
+
+
 def _hint(word: str, known: list[str]) -> str:
     close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
@@ -699,8 +714,10 @@ def load_settings(
 
     in_file = f"in {config_file}"
     values: dict[str, Any] = {}
+    written: dict[str, Any] = {}  # each value as the file or the flag gave it, for --show
     for dotted, raw in _flatten(_read_toml(config_file), in_file).items():
         values[dotted] = _check(dotted, raw, in_file, from_cli=False)
+        written[dotted] = raw
 
     on_cli = "on the command line"
     cli_keys: set[str] = set()
@@ -712,6 +729,7 @@ def load_settings(
             known = [f"{s}.{k.name}" for s, keys in _SCHEMA.items() for k in keys]
             raise SettingsError(f"unknown setting {dotted} {on_cli}{_hint(dotted, known)}")
         values[dotted] = _check(dotted, raw, on_cli, from_cli=True)
+        written[dotted] = raw
         cli_keys.add(dotted)
 
     def get(dotted: str) -> Any:
@@ -733,10 +751,14 @@ def load_settings(
 
     def explained(dotted: str, spec: _Key) -> tuple[str, str, str]:
         origin = "flag" if dotted in cli_keys else "file" if dotted in values else "default"
+        if origin == "file" and written[dotted] == spec.default:
+            origin = "default (also in the file)"  # the commented file's `channel = ""`
         value = get_path(dotted) if spec.is_path else get(dotted)
         if value is None:
             value = derived.get(dotted, "")
         shown = str(value) if isinstance(value, Path) else value
+        if not spec.is_path:
+            shown = _as_written(written.get(dotted, spec.default), shown, dotted in cli_keys)
         return dotted, _toml_repr(shown), origin
 
     def option(spec: _Key) -> Any:

@@ -889,3 +889,20 @@ def test_speed_0_is_refused_with_a_range_that_excludes_it(home: Home) -> None:
         'captaflow: source.speed = "0" on the command line: expected "recorded", "max" or a '
         "speed-up factor over 0 and at most 10000 such as 4"
     )
+
+
+def test_config_show_prints_values_as_written_and_the_default_file_as_defaults(
+    home: Home,
+) -> None:
+    first = home.run("config", "--show")  # the first run writes the commented file
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert 'speed = "recorded"  # default' in lines
+    assert 'channel = ""  # default (also in the file)' in lines
+    home.write_settings('[source]\nspeed = "4x"\nchannel = "xqcow"\n')
+    again = home.run("--ui-port", "0", "config", "--show")
+    assert again.returncode == 0, again.stderr
+    lines = again.stdout.splitlines()
+    assert 'speed = "4x"  # file' in lines
+    assert 'channel = "xqcow"  # file' in lines
+    assert "port = 0  # flag" in lines

@@ -493,3 +493,14 @@ def test_every_settings_example_in_the_readme_loads(config: Path) -> None:
             load(config, block)
         except SettingsError as error:  # pragma: no cover - the message says which
             pytest.fail(f"README example refused: {error}\n{block}")
+
+
+def test_show_prints_a_flagged_word_as_given_and_a_flagged_number_as_a_number(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "settings" / "config.toml"
+    lines = describe_settings(load(config, "", **{"source.speed": "recorded", "ui.port": "0"}))
+    assert 'speed = "recorded"  # flag' in lines
+    assert "port = 0  # flag" in lines
+    lines = describe_settings(load(config, "", **{"source.speed": "4"}))
+    assert "speed = 4  # flag" in lines
