@@ -15,7 +15,6 @@ import argparse
 import getpass
 import json
 import logging
-import re
 import sys
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -648,14 +647,12 @@ def cmd_replay(inv: Invocation) -> int:
     return 0
 
 
-# The uploader's messages are written for the agent, which retries by itself; a one-shot sync
-# does not, so the promise is taken off and replaced by what the user can do.
-_RETRY_PROMISE = re.compile(r"(?:[;:,]\s*|\s+)(?:offline\?\s*)?will retry\.?$")
-
-
 def one_shot_failure(failed: str, waiting: int, *, fatal: bool) -> str:
-    """The line a one-shot `captaflow sync` ends with when a part could not be uploaded."""
-    reason = _RETRY_PROMISE.sub("", failed.strip())
+    """The line a one-shot `captaflow sync` ends with when a part could not be uploaded: the
+    uploader's promise to retry (written for the agent) replaced by what the user can do."""
+    from agent.sync import without_retry_promise
+
+    reason = without_retry_promise(failed)
     kept = f"{waiting} part(s) stay on disk, nothing is lost"
     if fatal:
         return f"upload stopped: {reason}; {kept}: fix that, then run `captaflow sync` again"
@@ -676,7 +673,7 @@ def cmd_sync(inv: Invocation) -> int:
     if not s.bucket:
         raise UsageError("no bucket set: pass --bucket NAME or set sync.bucket in the config file")
     store = S3ObjectStore(s.bucket, region=s.region or None)
-    uploader = Uploader(Path(settings.spool.dir), store, s.prefix)
+    uploader = Uploader(Path(settings.spool.dir), store, s.prefix, one_shot=True)
     target = f"s3://{s.bucket}/{s.prefix}/" if s.prefix else f"s3://{s.bucket}/"
 
     def progress(done: int, total: int) -> None:

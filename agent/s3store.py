@@ -132,6 +132,19 @@ def _display_endpoint(endpoint: str | None) -> str:
     return f"{parts.scheme}://{host}{parts.path}" if parts.scheme else endpoint
 
 
+def _where_keys_go(entries: str = "", *, right: str = "") -> str:
+    """Where to put AWS keys besides `aws configure` / AWS_PROFILE: the OS keyring, unless
+    CAPTAFLOW_NO_KEYRING turned it off (then only the environment and ~/.aws apply)."""
+    from agent.secrets import NO_KEYRING_ENV, keyring_disabled
+
+    if keyring_disabled():
+        return (
+            f"or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment or "
+            f"~/.aws/credentials (the OS keyring is off: {NO_KEYRING_ENV} is set)"
+        )
+    return f"or store {right or ''}keys in the OS keyring (service 'CaptaFlow'{entries})"
+
+
 def explain(exc: BaseException, *, bucket: str, key: str = "", endpoint: str | None = None) -> str:
     """One line for the user: what went wrong with which bucket/endpoint, and what to do.
 
@@ -157,7 +170,7 @@ def explain(exc: BaseException, *, bucket: str, key: str = "", endpoint: str | N
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
             return (
                 f"AWS credentials were refused by {where} ({code}): run `aws configure`, set "
-                f"AWS_PROFILE, or store the right keys in the OS keyring (service 'CaptaFlow')"
+                f"AWS_PROFILE, {_where_keys_go(right='the right ')}"
             )
         if code in (
             "ExpiredToken",
@@ -195,10 +208,10 @@ def explain(exc: BaseException, *, bucket: str, key: str = "", endpoint: str | N
             f"check sync.bucket, sync.region and the AWS credentials"
         )
     if isinstance(exc, boto_errors.NoCredentialsError | boto_errors.PartialCredentialsError):
+        entries = ", entries aws_access_key_id and aws_secret_access_key"
         return (
-            "no AWS credentials found: run `aws configure`, set AWS_PROFILE, or store keys in "
-            "the OS keyring (service 'CaptaFlow', entries aws_access_key_id and "
-            "aws_secret_access_key)"
+            f"no AWS credentials found: run `aws configure`, set AWS_PROFILE, "
+            f"{_where_keys_go(entries)}"
         )
     if isinstance(
         exc,

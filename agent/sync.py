@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -201,8 +202,21 @@ class _Pass:
     count: int = 0  # parts dealt with: uploaded, gone, or set aside
 
 
+# The store's messages are written for the agent, which retries by itself; a one-shot sync
+# does not, so its words drop that promise.
+_RETRY_PROMISE = re.compile(r"(?:[;:,]\s*|\s+)(?:offline\?\s*)?will retry\.?$")
+
+
+def without_retry_promise(message: str) -> str:
+    """`message` without its trailing "will retry" (for a one-shot sync, which does not)."""
+    return _RETRY_PROMISE.sub("", message.strip())
+
+
 class Uploader:
-    """Uploads sealed parts oldest first and moves each to uploaded/ once verified."""
+    """Uploads sealed parts oldest first and moves each to uploaded/ once verified.
+
+    `one_shot`: a single `captaflow sync`, which does not retry; its log says "stopped"
+    without promising a retry."""
 
     def __init__(
         self,
@@ -214,7 +228,9 @@ class Uploader:
         policy: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_report: Callable[[SyncReport], None] | None = None,
+        one_shot: bool = False,
     ) -> None:
+        self.one_shot = one_shot
         self.spool_dir = Path(spool_dir)
         self.store = store
         self.prefix = validate_prefix(prefix)
@@ -371,6 +387,10 @@ class Uploader:
         if failed is None and previous_error is not None:
             log.info(
                 "uploads resumed: %d part(s) uploaded, %d waiting", len(done.uploaded), waiting
+            )
+        elif failed is not None and self.one_shot:
+            log.warning(
+                "upload stopped: %s (%d part(s) waiting)", without_retry_promise(failed), waiting
             )
         elif failed is not None and failed != previous_error:
             log.warning("upload paused: %s (%d part(s) waiting)", failed, waiting)

@@ -906,3 +906,28 @@ def test_config_show_prints_values_as_written_and_the_default_file_as_defaults(
     assert 'speed = "4x"  # file' in lines
     assert 'channel = "xqcow"  # file' in lines
     assert "port = 0  # flag" in lines
+
+
+@pytest.mark.network
+def test_a_one_shot_sync_with_the_keyring_off_says_what_applies_and_promises_no_retry(
+    home: Home, tiny_bundle: Path
+) -> None:
+    demo = home.run("demo", "--ui-port", "0", "--quiet", "--model", str(tiny_bundle))
+    assert demo.returncode == 0, demo.stderr
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    no_keys = {"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+    result = home.run("sync", "--bucket", "my-readings", env=no_keys)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "captaflow: upload stopped: no AWS credentials found: run `aws configure`, set "
+        "AWS_PROFILE, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment or "
+        "~/.aws/credentials (the OS keyring is off: CAPTAFLOW_NO_KEYRING is set); 1 part(s) "
+        "stay on disk, nothing is lost: fix that, then run `captaflow sync` again"
+    )
+    offline = home.run("sync", "--bucket", "my-readings", env=aws_env(endpoint), timeout=120)
+    assert offline.returncode == 1, offline.stderr
+    logged = (home.data / "logs" / "captaflow.log").read_text(encoding="utf-8").splitlines()
+    uploads = [x.split(" captaflow.sync: ", 1)[1] for x in logged if " captaflow.sync: " in x]
+    assert uploads[-1].startswith("upload stopped: cannot reach "), uploads
+    assert uploads[-1].endswith("(EndpointConnectionError) (1 part(s) waiting)"), uploads
+    assert not any("will retry" in x for x in uploads), uploads

@@ -590,6 +590,7 @@ def test_bad_credentials_say_what_to_do_lose_nothing_and_leak_no_secret(
     expected = seal_backlog(spool, 3)
     uploader = Uploader(spool, S3ObjectStore(bucket, endpoint_url=proxy.url), "cf")
 
+    monkeypatch.delenv("CAPTAFLOW_NO_KEYRING", raising=False)  # the advice names the keyring
     unknown_key = uploader.sync_once()  # the environment holds FAKE_KEY_ID, unknown to IAM
     assert unknown_key.fatal
     assert unknown_key.failed == (
@@ -664,3 +665,20 @@ def test_keyring_credentials_are_used_when_the_chain_has_none(
 
 def test_sync_error_is_the_public_face_of_upload_failures() -> None:
     assert issubclass(UploadError, SyncError)
+
+
+def test_refused_keys_with_the_keyring_off_point_at_the_environment_and_aws_files(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from botocore.exceptions import ClientError
+
+    from agent.s3store import explain
+
+    refused = ClientError({"Error": {"Code": "InvalidAccessKeyId"}}, "PutObject")
+    monkeypatch.setenv("CAPTAFLOW_NO_KEYRING", "1")
+    assert explain(refused, bucket="b-1", endpoint="http://127.0.0.1:9") == (
+        "AWS credentials were refused by http://127.0.0.1:9 (InvalidAccessKeyId): run `aws "
+        "configure`, set AWS_PROFILE, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in "
+        "the environment or ~/.aws/credentials (the OS keyring is off: CAPTAFLOW_NO_KEYRING "
+        "is set)"
+    )
