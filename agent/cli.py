@@ -449,9 +449,14 @@ def _previews(
 
 def _require_model(settings: Settings) -> None:
     from agent.bundle import model_present
+    from agent.status_text import missing_model
 
     model_dir = Path(settings.model.dir)
     if not model_present(model_dir):
+        origin = dict((key, origin) for key, _, origin in settings.explained).get("model.dir")
+        named = missing_model(model_dir, origin or "default")
+        if named is not None:
+            raise CaptaFlowError(named)
         raise CaptaFlowError(
             f"no model at {model_dir}: download the published one with `captaflow model get`, "
             f"or export it once with `captaflow export-model` (needs internet once), or pass "

@@ -30,6 +30,21 @@ class ModelFacts:
     test_model: str = ""  # the manifest's `test_model` label; "" for the real export
     parity: Mapping[str, Any] = field(default_factory=dict)
     problem: str = ""  # the bundle is there but its manifest cannot be read
+    origin: str = "default"  # where model.dir came from: "default", "file" or "flag"
+
+
+def missing_model(directory: Path, origin: str) -> str | None:
+    """What to say of a model folder named on purpose (--model DIR, or model.dir in the
+    file) that holds no bundle: to be filled there, not "pass --model DIR". None for the
+    default folder, whose advice is the general one."""
+    if origin == "default" or origin.startswith("default "):
+        return None
+    what = "does not exist" if not directory.exists() else "holds no model bundle"
+    get = f"captaflow model get --model {directory}" if origin == "flag" else "captaflow model get"
+    return (
+        f"the model folder {directory} {what}: export one there (`captaflow export-model "
+        f"--out {directory}`) or run `{get}`"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +64,11 @@ class StatusFacts:
     data_dir: Path
 
 
-def model_facts(model_dir: Path) -> ModelFacts:
+def model_facts(model_dir: Path, origin: str = "default") -> ModelFacts:
     from agent.bundle import MANIFEST_FILE, Manifest, model_present
 
     if not model_present(model_dir):
-        return ModelFacts(model_dir, present=False)
+        return ModelFacts(model_dir, present=False, origin=origin)
     try:
         data = json.loads((model_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
         manifest = Manifest.from_json(data)
@@ -93,6 +108,9 @@ def gather_status(settings: Settings) -> StatusFacts:
     # While an agent runs, its own bundle is the one to name (it may have been given --model),
     # not the settings' default folder.
     model_dir = Path(settings.model.dir)
+    model_origin = dict((key, origin) for key, _, origin in settings.explained).get(
+        "model.dir", "default"
+    )
     if (
         record is not None
         and running_pid is not None
@@ -100,6 +118,7 @@ def gather_status(settings: Settings) -> StatusFacts:
         and record.model_dir
     ):
         model_dir = Path(record.model_dir)
+        model_origin = "default"
     return StatusFacts(
         running_pid=running_pid,
         record=record,
@@ -112,7 +131,7 @@ def gather_status(settings: Settings) -> StatusFacts:
         sync_enabled=settings.sync.enabled,
         bucket=settings.sync.bucket,
         prefix=settings.sync.prefix,
-        model=model_facts(model_dir),
+        model=model_facts(model_dir, model_origin),
         data_dir=data_dir,
     )
 
@@ -143,6 +162,9 @@ def _model_lines(model: ModelFacts, running_model: str = "") -> list[str]:
     """Which bundle is used and whether it is there; then, when known, whether it is a test
     model and how closely its int8 outputs matched the original at export."""
     if not model.present:
+        named = missing_model(model.directory, model.origin)
+        if named is not None:
+            return [f"model: {named}"]
         return [
             f"model: none at {model.directory}: run `captaflow model get` (or `captaflow "
             f"export-model`) once, or pass --model DIR"

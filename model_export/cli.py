@@ -254,24 +254,26 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None, *, prog: str = "python -m model_export") -> int:
-    """`prog` is how the help names the command (`captaflow export-model` from the agent)."""
+    """`prog` is how the help names the command (`captaflow export-model` from the agent);
+    errors then begin with "captaflow:" like every other captaflow command's."""
     parser = build_parser(prog)
+    said = "captaflow:" if prog.split()[0] == "captaflow" else "error:"
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         _run(parser.parse_args(argv))
     except CaptaFlowError as exc:
         if debug:
             traceback.print_exc()
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{said} {_one_line(exc)}", file=sys.stderr)
         return exc.exit_status
     except KeyboardInterrupt:
-        print("error: export interrupted; nothing new was published", file=sys.stderr)
+        print(f"{said} export interrupted; nothing new was published", file=sys.stderr)
         return 1
     except Exception as exc:  # the last guard: a user never sees a bare traceback
         if debug:
             traceback.print_exc()
         print(
-            f"error: the export failed unexpectedly ({type(exc).__name__}: {_one_line(exc)}): "
+            f"{said} the export failed unexpectedly ({type(exc).__name__}: {_one_line(exc)}): "
             f"run again with --debug and report it",
             file=sys.stderr,
         )

@@ -405,9 +405,19 @@ def test_status_says_when_the_model_is_missing(demo_home: Home) -> None:
     nowhere = demo_home.root / "no-model-here"
     result = demo_home.run("--config", str(demo_home.config), "status", "--model", str(nowhere))
     assert result.returncode == 0, result.stderr
+    # A folder named on purpose is to be filled, not replaced by "pass --model DIR".
     assert (
-        f"model: none at {nowhere}: run `captaflow model get` (or `captaflow export-model`) "
-        "once, or pass --model DIR" in result.stdout.splitlines()
+        f"model: the model folder {nowhere} does not exist: export one there (`captaflow "
+        f"export-model --out {nowhere}`) or run `captaflow model get --model {nowhere}`"
+        in result.stdout.splitlines()
+    )
+    (demo_home.root / "plain").mkdir(exist_ok=True)
+    plain = Home(demo_home.root / "plain").run("status")
+    assert plain.returncode == 0, plain.stderr
+    default_dir = demo_home.root / "plain" / "data" / "model"
+    assert (
+        f"model: none at {default_dir}: run `captaflow model get` (or `captaflow export-model`) "
+        "once, or pass --model DIR" in plain.stdout.splitlines()
     )
 
 
@@ -931,3 +941,22 @@ def test_a_one_shot_sync_with_the_keyring_off_says_what_applies_and_promises_no_
     assert uploads[-1].startswith("upload stopped: cannot reach "), uploads
     assert uploads[-1].endswith("(EndpointConnectionError) (1 part(s) waiting)"), uploads
     assert not any("will retry" in x for x in uploads), uploads
+
+
+def test_a_missing_model_folder_passed_on_purpose_is_to_be_filled(home: Home) -> None:
+    nowhere = home.root / "nomodel"
+    line = error_line(home.run("score", "--model", str(nowhere), "hello"), 1)
+    assert line == (
+        f"captaflow: the model folder {nowhere} does not exist: export one there (`captaflow "
+        f"export-model --out {nowhere}`) or run `captaflow model get --model {nowhere}`"
+    )
+    home.write_settings(f'[model]\ndir = "{nowhere.as_posix()}"\n')
+    line = error_line(home.run("score", "hello"), 1)
+    assert line.endswith("or run `captaflow model get`"), line
+
+
+def test_export_model_errors_begin_like_every_captaflow_error(home: Home) -> None:
+    line = error_line(home.run("export-model", "--bogus", data_dir=False), 2)
+    assert line == (
+        "captaflow: unrecognized arguments: --bogus (see `captaflow export-model --help`)"
+    )
