@@ -960,3 +960,28 @@ def test_export_model_errors_begin_like_every_captaflow_error(home: Home) -> Non
     assert line == (
         "captaflow: unrecognized arguments: --bogus (see `captaflow export-model --help`)"
     )
+
+
+def test_batch_ids_as_the_readme_says_own_per_demo_run_kept_by_a_replay(
+    home: Home, tiny_bundle: Path
+) -> None:
+    import csv
+
+    sessions = []
+    for _ in range(2):
+        demo = home.run("demo", "--ui-port", "0", "--quiet", "--model", str(tiny_bundle))
+        assert demo.returncode == 0, demo.stderr
+        sessions.append(demo.stderr.splitlines()[-4].removeprefix("stopped: session "))
+    replay = home.run("replay", "--session", sessions[0], "--quiet", "--model", str(tiny_bundle))
+    assert replay.returncode == 0, replay.stderr
+    assert replay.stderr.splitlines()[-1].startswith(
+        f"re-scored session {sessions[0]} as {sessions[0]}-r1: "
+    )
+    ids: dict[str, set[str]] = {}
+    for part in (home.data / "spool").rglob("*.csv"):
+        with part.open(encoding="utf-8", newline="") as rows:
+            for row in csv.DictReader(rows):
+                ids.setdefault(row["session_id"], set()).add(row["batch_id"])
+    first, second, rescored = ids[sessions[0]], ids[sessions[1]], ids[f"{sessions[0]}-r1"]
+    assert first and not first & second  # the same demo chat, each run's own ids
+    assert rescored == first  # a re-scored session keeps its original's ids
