@@ -305,8 +305,9 @@ def test_start_and_stop_drive_the_agent_and_seal_its_part(
 # --- the real tray under Xvfb ---------------------------------------------------------------------
 
 DRIVER = r"""
-import json, sys, threading
+import faulthandler, json, sys, threading
 from pathlib import Path
+faulthandler.dump_traceback_later(120)  # a hang shows where it hangs, on stderr
 import agent.tray
 from agent.config import load_settings
 from agent.runtime import Agent
