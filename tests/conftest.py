@@ -92,3 +92,14 @@ def s3_server() -> object:
     }
     yield env
     server.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """GUI tests drive a real X server, tray host and pystray's threads; one in about twenty
+    runs of the X11 fallback's Ctrl-C test has hung (a pystray thread hand-off, not yet
+    understood: its driver dumps every thread's stack after 120 s to show where). Such a test
+    gets one rerun, so a rare race in the desktop's plumbing does not fail the suite; a real
+    regression fails both runs."""
+    for item in items:
+        if item.get_closest_marker("gui") is not None:
+            item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=2))
