@@ -448,6 +448,7 @@ def test_hub_failures_become_one_line_that_says_what_to_do(kind: str, expected: 
         ["--small", "--tiny"],
         ["--max-length", "many"],
         ["--threads", "0", "--tiny"],
+        ["--model", "somewhere", "--tiny"],  # not an abbreviation of --model-id
     ],
 )
 def test_bad_usage_exits_2_with_one_line(
