@@ -90,7 +90,7 @@ def s3_location(bucket: str, prefix: str) -> str:
 
 # Stands in for the bucket when none is set: itself a valid bucket name, so the statement is
 # checked like any other, and plain enough to search and replace.
-PLACEHOLDER_BUCKET = "your-bucket-name"
+PLACEHOLDER_BUCKET = "your-bucket"
 
 
 def athena_ddl(

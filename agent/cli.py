@@ -748,17 +748,14 @@ def _open_in_browser(path: Path) -> bool:
         return False
 
 
-ATHENA_PLACEHOLDER_BUCKET = "your-bucket"
-
-
 def cmd_athena_ddl(inv: Invocation) -> int:
-    from agent.athena import athena_ddl
+    from agent.athena import PLACEHOLDER_BUCKET, athena_ddl
 
     settings = inv.settings()
     bucket = settings.sync.bucket
     if not bucket:
         # A valid placeholder name, so the statement is complete; the note says to change it.
-        bucket = ATHENA_PLACEHOLDER_BUCKET
+        bucket = PLACEHOLDER_BUCKET
         print(
             f"captaflow: no bucket set: the table points at s3://{bucket}/; pass --bucket NAME "
             f"(or set sync.bucket) for the real one",
