@@ -131,7 +131,8 @@ def upload_line(status: AgentStatus) -> str:
         text = f"{waiting} part{'s' if waiting != 1 else ''} waiting for upload"
     upload = status.upload_state.strip()
     if upload and upload != "idle":
-        text += f" ({upload})"
+        # "off (no bucket set)" reads as "…: off, no bucket set", not as nested brackets.
+        text += ": " + upload.replace(" (", ", ").rstrip(")") if "(" in upload else f" ({upload})"
     return text
 
 
