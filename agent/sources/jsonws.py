@@ -23,7 +23,7 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,12 +46,11 @@ from agent.sources.entry import (
     sane_time,
     usable_id,
 )
-from agent.sources.link import Skipped, WebSocketLink
+from agent.sources.link import LinkedSource, Skipped, WebSocketLink
 from agent.vocab import (
     PLATFORMS,
     ChatMessage,
     ModerationEvent,
-    SourceStatus,
     content_message_id,
     validate_name,
 )
@@ -334,7 +333,7 @@ class MappedSession(JsonSession):
                 yield message
 
 
-class JsonWebSocketSource:
+class JsonWebSocketSource(LinkedSource):
     """`--source ws`: any JSON feed, read through a `FieldMapping`."""
 
     name = "ws"
@@ -362,15 +361,6 @@ class JsonWebSocketSource:
             **link_options,
         )
         self.stats = self.link.stats
-
-    def status(self) -> SourceStatus:
-        return self.link.status()
-
-    def messages(self) -> AsyncIterator[ChatMessage]:
-        return self.link.messages()
-
-    async def close(self) -> None:
-        await self.link.close()
 
 
 # ----------------------------------------------------------------------------- descriptor

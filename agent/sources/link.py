@@ -600,3 +600,18 @@ class WebSocketLink:
         of bad frames is one status change, not one per frame)."""
         if (self.times_replaced, self.stats["frames_skipped"]) != self._reported_counts:
             self._report()
+
+
+class LinkedSource:
+    """The ChatSource part every WebSocket source shares: its `link` does the work."""
+
+    link: WebSocketLink
+
+    def status(self) -> SourceStatus:
+        return self.link.status()
+
+    def messages(self) -> AsyncIterator[ChatMessage]:
+        return self.link.messages()
+
+    async def close(self) -> None:
+        await self.link.close()

@@ -35,7 +35,7 @@ import html
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urlsplit
@@ -56,8 +56,8 @@ from agent.sources.jsonws import (
     safe_channel,
     scalar_text,
 )
-from agent.sources.link import Problem, Ready, WebSocketLink
-from agent.vocab import ChatMessage, SourceStatus, content_message_id
+from agent.sources.link import LinkedSource, Problem, Ready, WebSocketLink
+from agent.vocab import ChatMessage, content_message_id
 
 DEFAULT_URL = "wss://io.socialstream.ninja"
 CHAT_CHANNEL = 4
@@ -225,7 +225,7 @@ def _in_channel(url: str) -> int | None:
     return None
 
 
-class SocialStreamSource:
+class SocialStreamSource(LinkedSource):
     name = "ssn"
 
     def __init__(
@@ -264,15 +264,6 @@ class SocialStreamSource:
 
     def url_for_log(self) -> str:
         return self.link.shown_url
-
-    def status(self) -> SourceStatus:
-        return self.link.status()
-
-    def messages(self) -> AsyncIterator[ChatMessage]:
-        return self.link.messages()
-
-    async def close(self) -> None:
-        await self.link.close()
 
 
 # ----------------------------------------------------------------------------- descriptor

@@ -49,7 +49,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Any
 
@@ -70,8 +70,8 @@ from agent.sources.jsonws import (
     safe_channel,
     scalar_text,
 )
-from agent.sources.link import Fatal, Problem, Ready, WebSocketLink
-from agent.vocab import ChatMessage, ModerationEvent, SourceStatus, content_message_id
+from agent.sources.link import Fatal, LinkedSource, Problem, Ready, WebSocketLink
+from agent.vocab import ChatMessage, ModerationEvent, content_message_id
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +351,7 @@ class StreamerbotSession(JsonSession):
             yield event
 
 
-class StreamerbotSource:
+class StreamerbotSource(LinkedSource):
     name = "streamerbot"
 
     def __init__(
@@ -394,15 +394,6 @@ class StreamerbotSource:
             wall_clock=self._wall,
             hello_timeout=self._hello_timeout,
         )
-
-    def status(self) -> SourceStatus:
-        return self.link.status()
-
-    def messages(self) -> AsyncIterator[ChatMessage]:
-        return self.link.messages()
-
-    async def close(self) -> None:
-        await self.link.close()
 
 
 # ----------------------------------------------------------------------------- descriptor

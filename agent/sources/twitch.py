@@ -30,7 +30,7 @@ import logging
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,13 +63,14 @@ from agent.sources.irc import Reconnect as IrcReconnect
 from agent.sources.link import (
     Dead,
     Fatal,
+    LinkedSource,
     Ready,
     Reconnect,
     Skipped,
     WebSocketLink,
     default_delays,
 )
-from agent.vocab import ChatMessage, SourceStatus, validate_name
+from agent.vocab import validate_name
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,7 @@ class TwitchSession:
 # ---------------------------------------------------------------------------- the source
 
 
-class TwitchSource:
+class TwitchSource(LinkedSource):
     """Live Twitch chat of one channel; reconnects by itself until `close()`.
 
     `server_url` None means Twitch's own server. Anonymous read-only login by default; with
@@ -314,17 +315,6 @@ class TwitchSource:
         )
         self.stats = self.link.stats
         self.stats.update(binary_frames=0, malformed_lines=0)
-
-    # -- ChatSource
-
-    def status(self) -> SourceStatus:
-        return self.link.status()
-
-    def messages(self) -> AsyncIterator[ChatMessage]:
-        return self.link.messages()
-
-    async def close(self) -> None:
-        await self.link.close()
 
     # -- the token
 
